@@ -1,1 +1,20 @@
-//! common
+//! Plumbing shared by every stage, so each stage's crate holds only its own logic.
+//!
+//! * [`config`] — typed settings from defaults, a TOML file, environment variables and `--set`
+//!   flags, validated at start-up with errors that name the setting.
+//! * [`kafka`] — client builders with the pipeline's delivery guarantees baked in (idempotent
+//!   `acks=all` producer; consumer with manual offset storage), topic creation, and W3C trace
+//!   context in record headers.
+//! * [`telemetry`] — tracing subscriber, optional OTLP export.
+//! * [`ops`] — `/healthz`, `/readyz` and `/metrics` for every service.
+//! * [`retry`] — capped, jittered backoff.
+//! * [`shutdown`] — SIGINT/SIGTERM as a cancellation token.
+
+pub mod config;
+pub mod kafka;
+pub mod ops;
+pub mod retry;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::Secret;

@@ -1,0 +1,122 @@
+//! Logs and traces: a `tracing` subscriber (text or JSON, filtered by `RUST_LOG`) and, when an
+//! OTLP endpoint is configured, span export over OTLP/HTTP. Trace context crosses Kafka in
+//! record headers (see [`crate::kafka::trace_headers`]).
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde::{Deserialize, Serialize};
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// Log and trace settings, shared by every stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Filter directives (`RUST_LOG`), e.g. `info,rdkafka=warn`.
+    pub log: String,
+    /// `text` for people, `json` for log pipelines.
+    pub log_format: LogFormat,
+    /// OTLP/HTTP endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`), e.g. `http://127.0.0.1:4318`. Unset:
+    /// spans are not exported, trace context is still propagated.
+    pub otlp_endpoint: Option<String>,
+    /// Service name on exported spans (`OTEL_SERVICE_NAME`); the stage's name when unset.
+    pub service_name: Option<String>,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            log: "info".into(),
+            log_format: LogFormat::Text,
+            otlp_endpoint: None,
+            service_name: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Keeps the exporter alive; [`Telemetry::shutdown`] flushes spans still buffered.
+#[must_use = "dropping the guard stops span export"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("exporting", &self.provider.is_some())
+            .finish()
+    }
+}
+
+impl Telemetry {
+    /// Flushes and stops span export. Call once, at the end of shutdown.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("telemetry: flushing spans failed: {e}");
+        }
+    }
+}
+
+/// Installs the global subscriber. Fails if the filter does not parse or the exporter cannot be
+/// built; a second call in one process (tests) leaves the first subscriber in place.
+pub fn init(default_service: &str, settings: &TelemetrySettings) -> anyhow::Result<Telemetry> {
+    let filter = EnvFilter::try_new(&settings.log).map_err(|e| {
+        anyhow::anyhow!(
+            "invalid setting `telemetry.log` (RUST_LOG) `{}`: {e}",
+            settings.log
+        )
+    })?;
+
+    let provider = match &settings.otlp_endpoint {
+        Some(endpoint) if !endpoint.is_empty() => {
+            use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+            let endpoint = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(endpoint)
+                .with_headers(Default::default())
+                .build()
+                .map_err(|e| anyhow::anyhow!("invalid setting `telemetry.otlp_endpoint`: {e}"))?;
+            let service = settings
+                .service_name
+                .clone()
+                .unwrap_or_else(|| default_service.to_string());
+            Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(
+                        opentelemetry_sdk::Resource::builder()
+                            .with_service_name(service)
+                            .build(),
+                    )
+                    .build(),
+            )
+        }
+        _ => None,
+    };
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(default_service.to_string())));
+
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let installed = match settings.log_format {
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_target(true))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
+            .try_init(),
+    };
+    if installed.is_err() {
+        tracing::debug!("a tracing subscriber was already installed; keeping it");
+    }
+    Ok(Telemetry { provider })
+}
