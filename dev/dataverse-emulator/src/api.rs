@@ -1,0 +1,360 @@
+//! One Web API operation against the store: routing by method and resource, conditional headers,
+//! `Prefer: return=representation`, and the documented answers (status codes, `OData-EntityId`,
+//! `@odata.context`). Synchronous: the caller holds the store lock. Used for top-level requests and for
+//! each operation of a `$batch`.
+
+use http::{HeaderMap, HeaderName, Method, StatusCode, header};
+use serde_json::{Map, Value, json};
+
+use crate::error::ApiError;
+use crate::odata::{self, Resource};
+use crate::response::ApiResponse;
+use crate::store::{Conditions, IfMatch, Store, Target, Undo, WriteOutcome, normalize_etag};
+
+/// One Web API request, with its path already relative to the service root and percent-decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The path under `/api/data/v9.2/`.
+    pub path: &'a str,
+    /// The raw query string.
+    pub query: Option<&'a str>,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+    /// The body.
+    pub body: &'a [u8],
+}
+
+/// The kind of operation, for latency and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// `POST` to an entity set.
+    Create,
+    /// `GET` of one row.
+    Retrieve,
+    /// `GET` of a set (or anything else read-only).
+    Query,
+    /// `PATCH`.
+    Update,
+    /// `DELETE`.
+    Delete,
+}
+
+impl OpKind {
+    /// Classifies a request from its method and path, before it is parsed.
+    pub fn of(method: &Method, path: &str) -> Self {
+        match *method {
+            Method::POST => Self::Create,
+            Method::PATCH | Method::PUT => Self::Update,
+            Method::DELETE => Self::Delete,
+            _ if path.contains('(') && !path.starts_with("WhoAmI") => Self::Retrieve,
+            _ => Self::Query,
+        }
+    }
+}
+
+/// Counts of row writes, for the admin counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Writes {
+    /// Rows created.
+    pub created: u64,
+    /// Rows updated.
+    pub updated: u64,
+    /// Rows deleted.
+    pub deleted: u64,
+}
+
+impl Writes {
+    /// Whether anything changed.
+    pub fn any(&self) -> bool {
+        self.created + self.updated + self.deleted > 0
+    }
+}
+
+/// The answer to one operation and what it changed.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The answer.
+    pub response: ApiResponse,
+    /// Rows written.
+    pub writes: Writes,
+    /// `contacts(<guid>)` of the row created or updated, for `Content-ID` references in a change set.
+    pub entity_path: Option<String>,
+}
+
+/// Where answers point: the service root URL, and whether the answer is a `$batch` part.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// `http://host/api/data/v9.2/`.
+    pub base_url: &'a str,
+    /// Inside `$batch`, creates also answer with `Location`, as the documented batch responses show.
+    pub in_batch: bool,
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Whether a `Prefer` header asks for this preference.
+pub fn prefers(headers: &HeaderMap, preference: &str) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case(preference))
+}
+
+fn conditions(headers: &HeaderMap) -> Conditions {
+    let if_match = header_str(headers, "if-match").and_then(IfMatch::parse);
+    // Microsoft's own samples send `If-None-Match: null` on every request; it means no condition.
+    let if_none_match_any = header_str(headers, "if-none-match").is_some_and(|v| v.trim() == "*");
+    Conditions {
+        if_match,
+        if_none_match_any,
+    }
+}
+
+fn json_body(request: &Request<'_>, set: &str) -> Result<Map<String, Value>, ApiError> {
+    if let Some(content_type) = header_str(request.headers, "content-type") {
+        if !content_type
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("application/json")
+        {
+            return Err(ApiError::MalformedBody(format!(
+                "The Content-Type '{content_type}' is not supported; send the entity as application/json."
+            )));
+        }
+    }
+    if request.body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::MalformedBody(format!(
+            "Error identified in Payload provided by the user for Entity :'{set}'. The request body is empty; a JSON object is required."
+        )));
+    }
+    match serde_json::from_slice::<Value>(request.body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ApiError::MalformedBody(format!(
+            "Error identified in Payload provided by the user for Entity :'{set}'. The request body must be a JSON object, not {}.",
+            match other {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            }
+        ))),
+        Err(e) => Err(ApiError::MalformedBody(format!(
+            "Error identified in Payload provided by the user for Entity :'{set}'. The request body is not valid JSON: {e}."
+        ))),
+    }
+}
+
+fn context_url(base: &str, set: &str, select: Option<&[String]>, entity: bool) -> String {
+    let columns = select.map(|s| format!("({})", s.join(","))).unwrap_or_default();
+    let suffix = if entity { "/$entity" } else { "" };
+    format!("{base}$metadata#{set}{columns}{suffix}")
+}
+
+/// Runs one operation. Writes record their undo entries in `undo`.
+pub fn execute(
+    store: &mut Store,
+    ctx: &Context<'_>,
+    request: &Request<'_>,
+    undo: &mut Vec<Undo>,
+) -> Result<Outcome, ApiError> {
+    let resource = odata::parse_path(request.path, store)?;
+    let method = request.method;
+    let plain = |response: ApiResponse| Outcome {
+        response,
+        writes: Writes::default(),
+        entity_path: None,
+    };
+    match resource {
+        Resource::ServiceRoot if method == Method::GET => {
+            let sets: Vec<Value> = store
+                .entity_sets()
+                .map(|s| json!({"name": s, "kind": "EntitySet", "url": s}))
+                .collect();
+            let body = json!({"@odata.context": format!("{}$metadata", ctx.base_url), "value": sets});
+            Ok(plain(ApiResponse::odata(StatusCode::OK).odata_json(&body)))
+        }
+        Resource::WhoAmI if method == Method::GET => {
+            let body = json!({
+                "@odata.context": format!("{}$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse", ctx.base_url),
+                "BusinessUnitId": "00000000-0000-0000-0000-00000000b0b0",
+                "UserId": "00000000-0000-0000-0000-00000000a11c",
+                "OrganizationId": "00000000-0000-0000-0000-00000000a6a6",
+            });
+            Ok(plain(ApiResponse::odata(StatusCode::OK).odata_json(&body)))
+        }
+        Resource::Metadata => Err(ApiError::NotSupported("The $metadata document".to_owned())),
+        Resource::Batch => Err(ApiError::MalformedBatch(
+            "A batch request cannot contain another batch.".to_owned(),
+        )),
+        Resource::EntitySet { set } if method == Method::GET => {
+            let table = store.table(&set)?;
+            let options = odata::parse_query(request.query, table)?;
+            let (rows, total) = odata::run_query(table, &options);
+            let select = options.select.as_deref();
+            let values: Vec<Value> = rows
+                .into_iter()
+                .map(|row| Value::Object(table.row_json(row, select)))
+                .collect();
+            let mut body = Map::new();
+            body.insert(
+                "@odata.context".into(),
+                Value::String(context_url(ctx.base_url, &set, select, false)),
+            );
+            if options.count {
+                body.insert("@odata.count".into(), Value::from(total));
+            }
+            body.insert("value".into(), Value::Array(values));
+            Ok(plain(
+                ApiResponse::odata(StatusCode::OK).odata_json(&Value::Object(body)),
+            ))
+        }
+        Resource::EntitySetCount { set } if method == Method::GET => {
+            let table = store.table(&set)?;
+            let mut response = ApiResponse::odata(StatusCode::OK);
+            response.push(header::CONTENT_TYPE, "text/plain");
+            response.body = table.len().min(5000).to_string().into_bytes();
+            Ok(plain(response))
+        }
+        Resource::EntitySet { set } if method == Method::POST => {
+            let options = odata::parse_query(request.query, store.table(&set)?)?;
+            let body = json_body(request, &set)?;
+            let id = store.create(&set, body, undo)?;
+            let entity_path = format!("{set}({id})");
+            let writes = Writes {
+                created: 1,
+                ..Writes::default()
+            };
+            let response = if prefers(request.headers, "return=representation") {
+                let table = store.table(&set)?;
+                let row = store.retrieve(&set, &Target::Id(id))?;
+                representation(
+                    ctx,
+                    table,
+                    &set,
+                    row,
+                    options.select.as_deref(),
+                    StatusCode::CREATED,
+                )
+            } else {
+                let mut response = ApiResponse::odata(StatusCode::NO_CONTENT);
+                let url = format!("{}{entity_path}", ctx.base_url);
+                if ctx.in_batch {
+                    response.push(header::LOCATION, &url);
+                }
+                response.push(HeaderName::from_static("odata-entityid"), &url);
+                response
+            };
+            Ok(Outcome {
+                response,
+                writes,
+                entity_path: Some(entity_path),
+            })
+        }
+        Resource::Entity { set, target, .. } if method == Method::GET => {
+            let table = store.table(&set)?;
+            let options = odata::parse_query(request.query, table)?;
+            let row = store.retrieve(&set, &target)?;
+            if let Some(tag) = header_str(request.headers, "if-none-match") {
+                if tag.trim() != "null"
+                    && tag
+                        .split(',')
+                        .any(|t| normalize_etag(t) == row.version.to_string())
+                {
+                    return Ok(plain(ApiResponse::odata(StatusCode::NOT_MODIFIED)));
+                }
+            }
+            let select = options.select.as_deref();
+            let mut body = table.row_json(row, select);
+            body.insert(
+                "@odata.context".into(),
+                Value::String(context_url(ctx.base_url, &set, select, true)),
+            );
+            Ok(plain(
+                ApiResponse::odata(StatusCode::OK).odata_json(&Value::Object(body)),
+            ))
+        }
+        Resource::Entity { set, target, segment } if method == Method::PATCH => {
+            let options = odata::parse_query(request.query, store.table(&set)?)?;
+            let body = json_body(request, &set)?;
+            let (id, outcome) = store.upsert(&set, &target, body, &conditions(request.headers), undo)?;
+            let writes = match outcome {
+                WriteOutcome::Created => Writes {
+                    created: 1,
+                    ..Writes::default()
+                },
+                WriteOutcome::Updated => Writes {
+                    updated: 1,
+                    ..Writes::default()
+                },
+            };
+            let response = if prefers(request.headers, "return=representation") {
+                let status = if outcome == WriteOutcome::Created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                let table = store.table(&set)?;
+                let row = store.retrieve(&set, &Target::Id(id))?;
+                representation(ctx, table, &set, row, options.select.as_deref(), status)
+            } else {
+                // The documented answer names the row the way the request did.
+                let named = match target {
+                    Target::Id(_) => format!("{set}({id})"),
+                    Target::Key { .. } => segment,
+                };
+                let mut response = ApiResponse::odata(StatusCode::NO_CONTENT);
+                response.push(
+                    HeaderName::from_static("odata-entityid"),
+                    &format!("{}{named}", ctx.base_url),
+                );
+                response
+            };
+            Ok(Outcome {
+                response,
+                writes,
+                entity_path: Some(format!("{set}({id})")),
+            })
+        }
+        Resource::Entity { set, target, .. } if method == Method::DELETE => {
+            store.delete(&set, &target, &conditions(request.headers), undo)?;
+            Ok(Outcome {
+                response: ApiResponse::odata(StatusCode::NO_CONTENT),
+                writes: Writes {
+                    deleted: 1,
+                    ..Writes::default()
+                },
+                entity_path: None,
+            })
+        }
+        _ => Err(ApiError::MethodNotAllowed(method.to_string())),
+    }
+}
+
+fn representation(
+    ctx: &Context<'_>,
+    table: &crate::store::Table,
+    set: &str,
+    row: &crate::store::Row,
+    select: Option<&[String]>,
+    status: StatusCode,
+) -> ApiResponse {
+    let mut body = table.row_json(row, select);
+    body.insert(
+        "@odata.context".into(),
+        Value::String(context_url(ctx.base_url, set, select, true)),
+    );
+    let mut response = ApiResponse::odata(status);
+    response.push(header::ETAG, &row.etag());
+    response.push(
+        HeaderName::from_static("preference-applied"),
+        "return=representation",
+    );
+    response.odata_json(&Value::Object(body))
+}

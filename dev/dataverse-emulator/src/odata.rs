@@ -1,0 +1,964 @@
+//! OData URL parsing: the resource path (entity set, key segment by primary or alternate key), the query
+//! options (`$select`, `$filter`, `$top`, `$count`, `$orderby`) and the `$filter` subset, with its
+//! evaluation against rows. Errors carry the messages a client needs to fix its URL.
+
+use std::cmp::Ordering;
+
+use serde_json::Value;
+
+use crate::config::ColumnType;
+use crate::error::ApiError;
+use crate::store::{Guid, Row, Store, Table, Target};
+
+/// The path under the service root (`/api/data/v9.2/`) that a request names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    /// The service document.
+    ServiceRoot,
+    /// `$batch`.
+    Batch,
+    /// `$metadata`.
+    Metadata,
+    /// The `WhoAmI` function.
+    WhoAmI,
+    /// An entity set: `contacts`.
+    EntitySet { set: String },
+    /// The row count of an entity set: `contacts/$count`.
+    EntitySetCount { set: String },
+    /// One row: `contacts(<guid>)` or `contacts(<key>=<value>,…)`.
+    Entity {
+        set: String,
+        target: Target,
+        segment: String,
+    },
+}
+
+/// Decodes `%XX` escapes; with `plus_is_space`, `+` becomes a space (query strings).
+pub fn percent_decode(text: &str, plus_is_space: bool) -> Result<String, ApiError> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| ApiError::BadUrl(format!("Invalid percent-encoding in '{text}'.")))?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::BadUrl(format!("The URL '{text}' is not valid UTF-8.")))
+}
+
+/// Parses a decoded path relative to the service root.
+pub fn parse_path(path: &str, store: &Store) -> Result<Resource, ApiError> {
+    let path = path.trim_end_matches('/');
+    match path {
+        "" => return Ok(Resource::ServiceRoot),
+        "$batch" => return Ok(Resource::Batch),
+        "$metadata" => return Ok(Resource::Metadata),
+        "WhoAmI" | "WhoAmI()" => return Ok(Resource::WhoAmI),
+        _ => {}
+    }
+    let name_end = path.find(['(', '/']).unwrap_or(path.len());
+    let set = &path[..name_end];
+    let table = store.table(set)?;
+    let rest = &path[name_end..];
+    if rest.is_empty() {
+        return Ok(Resource::EntitySet { set: set.to_owned() });
+    }
+    if rest == "/$count" {
+        return Ok(Resource::EntitySetCount { set: set.to_owned() });
+    }
+    if let Some(after_slash) = rest.strip_prefix('/') {
+        return Err(ApiError::ResourceNotFound(
+            after_slash.split('/').next().unwrap_or("").to_owned(),
+        ));
+    }
+    let close = matching_paren(rest).ok_or_else(|| {
+        ApiError::BadUrl(format!(
+            "Bad Request - Error in query syntax: unbalanced key segment in '{path}'."
+        ))
+    })?;
+    let inner = &rest[1..close];
+    let after = &rest[close + 1..];
+    if !after.is_empty() {
+        let segment = after.trim_start_matches('/');
+        return Err(ApiError::NotSupported(format!(
+            "The path segment '{segment}' after a key"
+        )));
+    }
+    let target = parse_key(inner, table)?;
+    Ok(Resource::Entity {
+        set: set.to_owned(),
+        target,
+        segment: format!("{set}({inner})"),
+    })
+}
+
+/// Index of the `)` that closes the `(` at the start of `text`, skipping quoted literals.
+fn matching_paren(text: &str) -> Option<usize> {
+    let mut in_string = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            '\'' => in_string = !in_string,
+            ')' if !in_string => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn syntax_error(detail: impl std::fmt::Display) -> ApiError {
+    ApiError::BadUrl(format!("Bad Request - Error in query syntax: {detail}"))
+}
+
+/// Parses the inside of a key segment against a table: a bare GUID, `pk=<guid>`, or the columns of
+/// exactly one declared alternate key.
+pub fn parse_key(inner: &str, table: &Table) -> Result<Target, ApiError> {
+    let tokens = lex(inner)?;
+    let config = &table.config;
+    if let [Token::Guid(id)] = tokens.as_slice() {
+        return Ok(Target::Id(*id));
+    }
+    if tokens.len() == 1 {
+        return Err(syntax_error(format!(
+            "'{inner}' is not a valid key: use a GUID or <column>=<value> pairs of an alternate key of '{}'.",
+            config.logical_name
+        )));
+    }
+    let mut pairs: Vec<(String, Token)> = Vec::new();
+    let mut iter = tokens.into_iter().peekable();
+    loop {
+        let (Some(Token::Ident(name)), Some(Token::Eq), Some(value)) =
+            (iter.next(), iter.next(), iter.next())
+        else {
+            return Err(syntax_error(format!(
+                "'{inner}' is not a list of <column>=<value> pairs."
+            )));
+        };
+        if !value.is_literal() {
+            return Err(syntax_error(format!("the value of '{name}' is not a literal.")));
+        }
+        if pairs.iter().any(|(n, _)| *n == name) {
+            return Err(syntax_error(format!("'{name}' appears twice in the key.")));
+        }
+        pairs.push((name, value));
+        match iter.next() {
+            None => break,
+            Some(Token::Comma) => continue,
+            Some(_) => {
+                return Err(syntax_error(format!(
+                    "expected ',' between key values in '{inner}'."
+                )));
+            }
+        }
+    }
+    if let [(name, value)] = pairs.as_slice() {
+        if *name == config.primary_key {
+            return match value {
+                Token::Guid(id) => Ok(Target::Id(*id)),
+                _ => Err(syntax_error(format!("the primary key '{name}' takes a GUID."))),
+            };
+        }
+    }
+    let mut names: Vec<&str> = pairs.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    let key = config.alternate_keys.iter().position(|k| {
+        let mut columns: Vec<&str> = k.columns.iter().map(String::as_str).collect();
+        columns.sort_unstable();
+        columns == names
+    });
+    let Some(key) = key else {
+        return Err(ApiError::BadUrl(format!(
+            "The key '{}' is not a primary or alternate key of '{}'. Declared alternate keys: {}.",
+            names.join(","),
+            config.logical_name,
+            config
+                .alternate_keys
+                .iter()
+                .map(|k| format!("({})", k.columns.join(",")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let mut values = Vec::new();
+    for column in &config.alternate_keys[key].columns {
+        let Some((_, token)) = pairs.iter().find(|(n, _)| n == column) else {
+            return Err(syntax_error("incomplete key."));
+        };
+        let kind = table.property_type(column).unwrap_or(ColumnType::String);
+        let value = literal_for(column, kind, token)?;
+        if value.is_null() {
+            return Err(syntax_error(format!(
+                "the key value of '{column}' cannot be null."
+            )));
+        }
+        values.push(value);
+    }
+    Ok(Target::Key { key, values })
+}
+
+/// Converts a literal to the JSON value of a column type, or explains the mismatch.
+fn literal_for(column: &str, kind: ColumnType, token: &Token) -> Result<Value, ApiError> {
+    let mismatch = || {
+        ApiError::BadUrl(format!(
+            "A binary operator with incompatible types was detected. Found operand types '{}' and '{}' for the property '{column}'.",
+            kind.edm(),
+            token.edm()
+        ))
+    };
+    Ok(match (kind, token) {
+        (_, Token::Null) => Value::Null,
+        (ColumnType::String | ColumnType::Memo, Token::Str(s)) => Value::String(s.clone()),
+        (ColumnType::Integer | ColumnType::Choice | ColumnType::BigInt, Token::Int(i)) => Value::from(*i),
+        (ColumnType::Decimal, Token::Int(i)) => Value::from(*i),
+        (ColumnType::Decimal, Token::Decimal(d)) => serde_json::Number::from_f64(*d)
+            .map(Value::Number)
+            .ok_or_else(mismatch)?,
+        (ColumnType::Boolean, Token::Bool(b)) => Value::Bool(*b),
+        (ColumnType::Guid, Token::Guid(g)) => Value::String(g.to_string()),
+        (ColumnType::DateTime, Token::DateTime(d) | Token::Str(d)) => Value::String(d.clone()),
+        _ => return Err(mismatch()),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Ident(String),
+    Str(String),
+    Int(i64),
+    Decimal(f64),
+    Bool(bool),
+    Null,
+    Guid(Guid),
+    DateTime(String),
+    LParen,
+    RParen,
+    Comma,
+    Eq,
+}
+
+impl Token {
+    fn is_literal(&self) -> bool {
+        matches!(
+            self,
+            Token::Str(_)
+                | Token::Int(_)
+                | Token::Decimal(_)
+                | Token::Bool(_)
+                | Token::Null
+                | Token::Guid(_)
+                | Token::DateTime(_)
+        )
+    }
+
+    fn edm(&self) -> &'static str {
+        match self {
+            Token::Str(_) => "Edm.String",
+            Token::Int(_) => "Edm.Int32",
+            Token::Decimal(_) => "Edm.Decimal",
+            Token::Bool(_) => "Edm.Boolean",
+            Token::Guid(_) => "Edm.Guid",
+            Token::DateTime(_) => "Edm.DateTimeOffset",
+            _ => "null",
+        }
+    }
+}
+
+fn lex(text: &str) -> Result<Vec<Token>, ApiError> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            c if c.is_whitespace() => i += 1,
+            '(' => {
+                tokens.push(Token::LParen);
+                i += 1;
+            }
+            ')' => {
+                tokens.push(Token::RParen);
+                i += 1;
+            }
+            ',' => {
+                tokens.push(Token::Comma);
+                i += 1;
+            }
+            '=' => {
+                tokens.push(Token::Eq);
+                i += 1;
+            }
+            '\'' => {
+                let mut value = String::new();
+                i += 1;
+                loop {
+                    match chars.get(i) {
+                        None => {
+                            return Err(syntax_error(format!("unterminated string literal in '{text}'.")));
+                        }
+                        Some('\'') if chars.get(i + 1) == Some(&'\'') => {
+                            value.push('\'');
+                            i += 2;
+                        }
+                        Some('\'') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(&other) => {
+                            value.push(other);
+                            i += 1;
+                        }
+                    }
+                }
+                tokens.push(Token::Str(value));
+            }
+            c if c.is_ascii_alphanumeric() || c == '_' || c == '-' => {
+                let start = i;
+                i += 1;
+                while i < chars.len()
+                    && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '_' | '-' | '.' | ':' | '+'))
+                {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                tokens.push(classify(&word, text)?);
+            }
+            other => {
+                return Err(syntax_error(format!(
+                    "unexpected character '{other}' in '{text}'."
+                )));
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+fn classify(word: &str, text: &str) -> Result<Token, ApiError> {
+    if let Some(id) = Guid::parse(word) {
+        return Ok(Token::Guid(id));
+    }
+    match word {
+        "true" => return Ok(Token::Bool(true)),
+        "false" => return Ok(Token::Bool(false)),
+        "null" => return Ok(Token::Null),
+        _ => {}
+    }
+    let first = word.chars().next().unwrap_or('_');
+    if first.is_ascii_alphabetic() || first == '_' {
+        if word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
+            return Ok(Token::Ident(word.to_owned()));
+        }
+        return Err(syntax_error(format!("'{word}' is not a valid name in '{text}'.")));
+    }
+    if let Ok(i) = word.parse::<i64>() {
+        return Ok(Token::Int(i));
+    }
+    if word.len() >= 10 && word.as_bytes()[4] == b'-' && word.as_bytes()[7] == b'-' {
+        return Ok(Token::DateTime(word.to_owned()));
+    }
+    if word.contains('.') {
+        if let Ok(d) = word.parse::<f64>() {
+            return Ok(Token::Decimal(d));
+        }
+    }
+    Err(syntax_error(format!(
+        "'{word}' is not a valid literal in '{text}'."
+    )))
+}
+
+/// Query options of a `GET` (or of a write with `Prefer: return=representation`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueryOptions {
+    /// `$select`: the properties to return.
+    pub select: Option<Vec<String>>,
+    /// `$filter`.
+    pub filter: Option<Filter>,
+    /// `$top`.
+    pub top: Option<usize>,
+    /// `$count=true`.
+    pub count: bool,
+    /// `$orderby`: property and descending flag.
+    pub orderby: Vec<(String, bool)>,
+}
+
+/// Parses a raw query string against a table.
+pub fn parse_query(raw: Option<&str>, table: &Table) -> Result<QueryOptions, ApiError> {
+    let mut options = QueryOptions::default();
+    let Some(raw) = raw else { return Ok(options) };
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(name, true)?;
+        let value = percent_decode(value, true)?;
+        match name.as_str() {
+            "$select" => {
+                let mut columns = Vec::new();
+                for column in value.split(',').map(str::trim) {
+                    check_property(table, column)?;
+                    columns.push(column.to_owned());
+                }
+                options.select = Some(columns);
+            }
+            "$filter" => options.filter = Some(parse_filter(&value, table)?),
+            "$top" => {
+                let top = value.trim().parse::<usize>().map_err(|_| {
+                    ApiError::BadUrl(format!("Invalid value '{value}' for $top query option found."))
+                })?;
+                options.top = Some(top);
+            }
+            "$count" => {
+                options.count = match value.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ApiError::BadUrl(format!(
+                            "'{value}' is not a valid count option: use true or false."
+                        )));
+                    }
+                }
+            }
+            "$orderby" => {
+                for item in value.split(',').map(str::trim) {
+                    let mut words = item.split_whitespace();
+                    let column = words.next().unwrap_or("");
+                    check_property(table, column)?;
+                    let descending = match words.next() {
+                        None | Some("asc") => false,
+                        Some("desc") => true,
+                        Some(other) => {
+                            return Err(syntax_error(format!("'{other}' in $orderby; use asc or desc.")));
+                        }
+                    };
+                    options.orderby.push((column.to_owned(), descending));
+                }
+            }
+            "$expand" | "$apply" | "$search" => {
+                return Err(ApiError::NotSupported(format!("The {name} query option")));
+            }
+            other if other.starts_with('$') => {
+                return Err(ApiError::BadUrl(format!(
+                    "The query parameter {other} is not supported"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(options)
+}
+
+fn check_property(table: &Table, column: &str) -> Result<ColumnType, ApiError> {
+    table
+        .property_type(column)
+        .ok_or_else(|| ApiError::UnknownProperty {
+            entity: table.config.logical_name.clone(),
+            column: column.to_owned(),
+        })
+}
+
+/// A parsed `$filter`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// `a and b`.
+    And(Box<Filter>, Box<Filter>),
+    /// `a or b`.
+    Or(Box<Filter>, Box<Filter>),
+    /// `not a`.
+    Not(Box<Filter>),
+    /// `column op literal`.
+    Compare {
+        column: String,
+        kind: ColumnType,
+        op: CompareOp,
+        value: Value,
+    },
+    /// `contains(column,'x')`, `startswith(…)`, `endswith(…)`.
+    Text {
+        column: String,
+        function: TextFunction,
+        argument: String,
+    },
+}
+
+/// Comparison operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareOp {
+    /// `eq`
+    Eq,
+    /// `ne`
+    Ne,
+    /// `gt`
+    Gt,
+    /// `ge`
+    Ge,
+    /// `lt`
+    Lt,
+    /// `le`
+    Le,
+}
+
+/// String functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextFunction {
+    /// `contains`
+    Contains,
+    /// `startswith`
+    StartsWith,
+    /// `endswith`
+    EndsWith,
+}
+
+/// Parses a `$filter` expression against a table.
+pub fn parse_filter(text: &str, table: &Table) -> Result<Filter, ApiError> {
+    let tokens = lex(text)?;
+    let mut parser = FilterParser {
+        tokens,
+        pos: 0,
+        table,
+        text,
+    };
+    let filter = parser.or()?;
+    if parser.pos != parser.tokens.len() {
+        return Err(syntax_error(format!(
+            "unexpected '{}' in $filter '{text}'.",
+            parser.describe()
+        )));
+    }
+    Ok(filter)
+}
+
+struct FilterParser<'a> {
+    tokens: Vec<Token>,
+    pos: usize,
+    table: &'a Table,
+    text: &'a str,
+}
+
+impl FilterParser<'_> {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.pos)
+    }
+
+    fn next(&mut self) -> Option<Token> {
+        let token = self.tokens.get(self.pos).cloned();
+        self.pos += 1;
+        token
+    }
+
+    fn describe(&self) -> String {
+        match self.peek() {
+            None => "end of expression".to_owned(),
+            Some(Token::Ident(s) | Token::Str(s) | Token::DateTime(s)) => s.clone(),
+            Some(other) => format!("{other:?}"),
+        }
+    }
+
+    fn keyword(&mut self, word: &str) -> bool {
+        if matches!(self.peek(), Some(Token::Ident(w)) if w == word) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn or(&mut self) -> Result<Filter, ApiError> {
+        let mut left = self.and()?;
+        while self.keyword("or") {
+            left = Filter::Or(Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Filter, ApiError> {
+        let mut left = self.unary()?;
+        while self.keyword("and") {
+            left = Filter::And(Box::new(left), Box::new(self.unary()?));
+        }
+        Ok(left)
+    }
+
+    fn unary(&mut self) -> Result<Filter, ApiError> {
+        if self.keyword("not") {
+            return Ok(Filter::Not(Box::new(self.unary()?)));
+        }
+        if self.peek() == Some(&Token::LParen) {
+            self.pos += 1;
+            let inner = self.or()?;
+            if self.next() != Some(Token::RParen) {
+                return Err(syntax_error(format!("missing ')' in $filter '{}'.", self.text)));
+            }
+            return Ok(inner);
+        }
+        let Some(Token::Ident(name)) = self.next() else {
+            self.pos = self.pos.saturating_sub(1);
+            return Err(syntax_error(format!(
+                "expected a property or function but found '{}' in $filter '{}'.",
+                self.describe(),
+                self.text
+            )));
+        };
+        let function = match name.as_str() {
+            "contains" => Some(TextFunction::Contains),
+            "startswith" => Some(TextFunction::StartsWith),
+            "endswith" => Some(TextFunction::EndsWith),
+            _ => None,
+        };
+        if let Some(function) = function {
+            return self.text_function(function);
+        }
+        if self.peek() == Some(&Token::LParen) {
+            return Err(ApiError::NotSupported(format!("The $filter function '{name}'")));
+        }
+        let kind = check_property(self.table, &name)?;
+        let op = match self.next() {
+            Some(Token::Ident(op)) => match op.as_str() {
+                "eq" => CompareOp::Eq,
+                "ne" => CompareOp::Ne,
+                "gt" => CompareOp::Gt,
+                "ge" => CompareOp::Ge,
+                "lt" => CompareOp::Lt,
+                "le" => CompareOp::Le,
+                "in" | "has" => {
+                    return Err(ApiError::NotSupported(format!(
+                        "The '{op}' operator (express lists with 'or')"
+                    )));
+                }
+                _ => {
+                    return Err(syntax_error(format!(
+                        "'{op}' is not a comparison operator in $filter '{}'.",
+                        self.text
+                    )));
+                }
+            },
+            _ => {
+                return Err(syntax_error(format!(
+                    "expected a comparison operator after '{name}' in $filter '{}'.",
+                    self.text
+                )));
+            }
+        };
+        let literal = self.next().filter(Token::is_literal).ok_or_else(|| {
+            syntax_error(format!(
+                "expected a literal after '{name}' in $filter '{}'.",
+                self.text
+            ))
+        })?;
+        let value = literal_for(&name, kind, &literal)?;
+        if value.is_null() && !matches!(op, CompareOp::Eq | CompareOp::Ne) {
+            return Err(syntax_error(format!(
+                "null can only be compared with eq or ne in $filter '{}'.",
+                self.text
+            )));
+        }
+        Ok(Filter::Compare {
+            column: name,
+            kind,
+            op,
+            value,
+        })
+    }
+
+    fn text_function(&mut self, function: TextFunction) -> Result<Filter, ApiError> {
+        let text = self.text;
+        let err = || syntax_error(format!("expected function(property,'text') in $filter '{text}'."));
+        if self.next() != Some(Token::LParen) {
+            return Err(err());
+        }
+        let Some(Token::Ident(column)) = self.next() else {
+            return Err(err());
+        };
+        let kind = check_property(self.table, &column)?;
+        if !kind.is_text() {
+            return Err(ApiError::BadUrl(format!(
+                "The function requires a string property but '{column}' is {}.",
+                kind.edm()
+            )));
+        }
+        if self.next() != Some(Token::Comma) {
+            return Err(err());
+        }
+        let Some(Token::Str(argument)) = self.next() else {
+            return Err(err());
+        };
+        if self.next() != Some(Token::RParen) {
+            return Err(err());
+        }
+        Ok(Filter::Text {
+            column,
+            function,
+            argument,
+        })
+    }
+}
+
+impl Filter {
+    /// Whether a row matches.
+    pub fn matches(&self, table: &Table, row: &Row) -> bool {
+        match self {
+            Filter::And(a, b) => a.matches(table, row) && b.matches(table, row),
+            Filter::Or(a, b) => a.matches(table, row) || b.matches(table, row),
+            Filter::Not(a) => !a.matches(table, row),
+            Filter::Compare {
+                column,
+                kind,
+                op,
+                value,
+            } => {
+                let actual = table.property(row, column);
+                match (value.is_null(), actual.is_null()) {
+                    (true, is_null) => (*op == CompareOp::Eq) == is_null,
+                    // SQL semantics: a comparison with a missing value is never true.
+                    (false, true) => false,
+                    (false, false) => {
+                        let ordering = compare_values(*kind, &actual, value);
+                        match op {
+                            CompareOp::Eq => ordering == Ordering::Equal,
+                            CompareOp::Ne => ordering != Ordering::Equal,
+                            CompareOp::Gt => ordering == Ordering::Greater,
+                            CompareOp::Ge => ordering != Ordering::Less,
+                            CompareOp::Lt => ordering == Ordering::Less,
+                            CompareOp::Le => ordering != Ordering::Greater,
+                        }
+                    }
+                }
+            }
+            Filter::Text {
+                column,
+                function,
+                argument,
+            } => {
+                let Some(actual) = table.property(row, column).as_str().map(str::to_lowercase) else {
+                    return false;
+                };
+                let argument = argument.to_lowercase();
+                match function {
+                    TextFunction::Contains => actual.contains(&argument),
+                    TextFunction::StartsWith => actual.starts_with(&argument),
+                    TextFunction::EndsWith => actual.ends_with(&argument),
+                }
+            }
+        }
+    }
+}
+
+/// Orders two values of a column type; text without regard to case, `null` first.
+pub fn compare_values(kind: ColumnType, a: &Value, b: &Value) -> Ordering {
+    match (a, b) {
+        (Value::Null, Value::Null) => Ordering::Equal,
+        (Value::Null, _) => Ordering::Less,
+        (_, Value::Null) => Ordering::Greater,
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            _ => x.as_f64().unwrap_or(0.0).total_cmp(&y.as_f64().unwrap_or(0.0)),
+        },
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        (Value::String(x), Value::String(y)) if kind.is_text() || kind == ColumnType::Guid => {
+            x.to_lowercase().cmp(&y.to_lowercase())
+        }
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        (x, y) => x.to_string().cmp(&y.to_string()),
+    }
+}
+
+/// Runs a query: filter, order, count and top. Returns the rows and the count before `$top`.
+pub fn run_query<'t>(table: &'t Table, options: &QueryOptions) -> (Vec<&'t Row>, usize) {
+    let mut rows: Vec<&Row> = table
+        .rows()
+        .filter(|row| options.filter.as_ref().is_none_or(|f| f.matches(table, row)))
+        .collect();
+    if !options.orderby.is_empty() {
+        rows.sort_by(|a, b| {
+            for (column, descending) in &options.orderby {
+                let kind = table.property_type(column).unwrap_or(ColumnType::String);
+                let ordering = compare_values(kind, &table.property(a, column), &table.property(b, column));
+                let ordering = if *descending { ordering.reverse() } else { ordering };
+                if ordering != Ordering::Equal {
+                    return ordering;
+                }
+            }
+            Ordering::Equal
+        });
+    }
+    let total = rows.len();
+    // Dataverse returns at most 5000 rows per page.
+    rows.truncate(options.top.unwrap_or(5000).min(5000));
+    (rows, total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::Conditions;
+    use serde_json::json;
+
+    fn store_with_rows() -> Store {
+        let mut store = Store::new(&Config::default());
+        let mut undo = Vec::new();
+        for (id, first, created) in [
+            ("cus_1", "Ada", 10),
+            ("cus_2", "Grace", 20),
+            ("cus_3", "Alan", 30),
+        ] {
+            let body = json!({"firstname": first, "new_stripeeventcreated": created});
+            let Value::Object(body) = body else {
+                unreachable!("object literal")
+            };
+            store
+                .upsert(
+                    "contacts",
+                    &Target::Key {
+                        key: 0,
+                        values: vec![json!(id)],
+                    },
+                    body,
+                    &Conditions::default(),
+                    &mut undo,
+                )
+                .expect("row");
+        }
+        store
+    }
+
+    fn query(store: &Store, raw: &str) -> Result<Vec<String>, ApiError> {
+        let table = store.table("contacts")?;
+        let options = parse_query(Some(raw), table)?;
+        let (rows, _) = run_query(table, &options);
+        Ok(rows
+            .iter()
+            .map(|r| r.values["new_stripecustomerid"].as_str().unwrap_or("").to_owned())
+            .collect())
+    }
+
+    #[test]
+    fn key_segments() {
+        let store = Store::new(&Config::default());
+        let id = "00000000-0000-0000-0000-000000000001";
+        assert!(matches!(
+            parse_path(&format!("contacts({id})"), &store),
+            Ok(Resource::Entity {
+                target: Target::Id(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_path(&format!("contacts(contactid={id})"), &store),
+            Ok(Resource::Entity {
+                target: Target::Id(_),
+                ..
+            })
+        ));
+        let parsed = parse_path("contacts(new_stripecustomerid='cus_''1)')", &store).expect("alternate key");
+        assert_eq!(
+            parsed,
+            Resource::Entity {
+                set: "contacts".into(),
+                target: Target::Key {
+                    key: 0,
+                    values: vec![json!("cus_'1)")]
+                },
+                segment: "contacts(new_stripecustomerid='cus_''1)')".into(),
+            }
+        );
+        for bad in [
+            "contacts(not-a-guid)",
+            "contacts(new_stripecustomerid='x'",
+            "contacts(new_stripecustomerid=)",
+            "contacts(new_stripecustomerid=5)",
+            "contacts(firstname='x')",
+            "contacts(new_stripecustomerid='x',new_stripecustomerid='y')",
+            "contacts('abc')",
+            "contacts(new_stripecustomerid='unterminated)",
+        ] {
+            let err = parse_path(bad, &store).expect_err(bad);
+            assert_eq!(err.status(), http::StatusCode::BAD_REQUEST, "{bad}: {err}");
+        }
+        assert_eq!(
+            parse_path("nothing", &store).expect_err("404").status(),
+            http::StatusCode::NOT_FOUND
+        );
+        assert_eq!(parse_path("$batch", &store).expect("batch"), Resource::Batch);
+        assert_eq!(
+            parse_path("contacts/$count", &store).expect("count"),
+            Resource::EntitySetCount {
+                set: "contacts".into()
+            }
+        );
+    }
+
+    #[test]
+    fn filters() {
+        let store = store_with_rows();
+        assert_eq!(
+            query(&store, "$filter=firstname eq 'ada'").expect("eq"),
+            ["cus_1"]
+        );
+        assert_eq!(
+            query(&store, "$filter=new_stripecustomerid eq 'cus_1' or new_stripecustomerid eq 'cus_3'&$orderby=new_stripecustomerid")
+                .expect("or"),
+            ["cus_1", "cus_3"]
+        );
+        assert_eq!(
+            query(&store, "$filter=(new_stripeeventcreated gt 10 and new_stripeeventcreated le 30) and not (firstname eq 'Alan')")
+                .expect("and"),
+            ["cus_2"]
+        );
+        assert_eq!(
+            query(
+                &store,
+                "$filter=startswith(firstname,'A')&$orderby=firstname desc"
+            )
+            .expect("fn"),
+            ["cus_3", "cus_1"]
+        );
+        assert_eq!(
+            query(
+                &store,
+                "$filter=lastname eq null&$top=1&$orderby=new_stripeeventcreated desc"
+            )
+            .expect("null"),
+            ["cus_3"]
+        );
+        assert_eq!(
+            query(&store, "$filter=firstname%20eq%20%27Grace%27").expect("encoded"),
+            ["cus_2"]
+        );
+        assert_eq!(
+            query(&store, "$filter=firstname+eq+'Grace'").expect("plus"),
+            ["cus_2"]
+        );
+        for bad in [
+            "$filter=nope eq 1",
+            "$filter=firstname eq 1",
+            "$filter=firstname eq",
+            "$filter=firstname eq 'a' and",
+            "$filter=(firstname eq 'a'",
+            "$filter=firstname in ('a','b')",
+            "$top=x",
+            "$select=nope",
+            "$skip=1",
+        ] {
+            let err = query(&store, bad).expect_err(bad);
+            assert!(
+                err.status().is_client_error() || err.status() == http::StatusCode::NOT_IMPLEMENTED,
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,1037 @@
+//! The rows: tables with their alternate-key indexes, row versions, and the write operations (create,
+//! update, upsert, delete) with Dataverse's rules. Pure and synchronous: callers hold the store lock for
+//! one operation or one whole change set, and undo a failed change set through the [`Undo`] log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::{ColumnConfig, ColumnType, Config, TableConfig};
+use crate::error::ApiError;
+
+/// Columns every row has and no write changes.
+pub const SYSTEM_COLUMNS: &[&str] = &["createdon", "modifiedon", "versionnumber"];
+
+/// A GUID, shown in the lowercase 8-4-4-4-12 form Dataverse uses.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Guid(u128);
+
+impl Guid {
+    /// A random (version 4) GUID.
+    pub fn new_random() -> Self {
+        let bits: u128 = rand::random();
+        // Version 4, RFC 4122 variant.
+        Self((bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62))
+    }
+
+    /// Parses the 8-4-4-4-12 hexadecimal form (either case); anything else is `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 36 {
+            return None;
+        }
+        let mut value: u128 = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                if b != b'-' {
+                    return None;
+                }
+                continue;
+            }
+            let digit = (b as char).to_digit(16)?;
+            value = (value << 4) | u128::from(digit);
+        }
+        Some(Self(value))
+    }
+}
+
+impl fmt::Display for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = format!("{:032x}", self.0);
+        write!(
+            f,
+            "{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        )
+    }
+}
+
+impl fmt::Debug for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Guid {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Guid {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Guid::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("invalid GUID '{text}'")))
+    }
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`, the form Dataverse returns.
+pub fn iso_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    iso_from_unix(secs)
+}
+
+/// Formats seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn iso_from_unix(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant), valid for every date after 1970.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// One row: its id, row version and column values (every declared column, `null` when unset).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Primary key.
+    pub id: Guid,
+    /// Row version; the `@odata.etag` is `W/"<version>"`.
+    pub version: u64,
+    /// `createdon`.
+    pub created_on: String,
+    /// `modifiedon`.
+    pub modified_on: String,
+    /// Column values by logical name.
+    pub values: BTreeMap<String, Value>,
+}
+
+impl Row {
+    /// The `@odata.etag` value.
+    pub fn etag(&self) -> String {
+        format!("W/\"{}\"", self.version)
+    }
+}
+
+/// How a request names one row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// By primary key.
+    Id(Guid),
+    /// By an alternate key: its index in the table's keys, and the values in the key's column order.
+    Key { key: usize, values: Vec<Value> },
+}
+
+/// Conditional headers of a write.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Conditions {
+    /// `If-Match`.
+    pub if_match: Option<IfMatch>,
+    /// `If-None-Match: *`.
+    pub if_none_match_any: bool,
+}
+
+/// The value of an `If-Match` header.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IfMatch {
+    /// `*`: the row must exist.
+    Any,
+    /// One or more entity tags; the row's must be among them. Held without `W/` and quotes.
+    Etags(Vec<String>),
+}
+
+impl IfMatch {
+    /// Parses a header value; `None` for an empty value.
+    pub fn parse(value: &str) -> Option<Self> {
+        let value = value.trim();
+        if value.is_empty() {
+            return None;
+        }
+        if value == "*" {
+            return Some(Self::Any);
+        }
+        Some(Self::Etags(value.split(',').map(normalize_etag).collect()))
+    }
+}
+
+/// Strips the weak marker and quotes of an entity tag.
+pub fn normalize_etag(tag: &str) -> String {
+    let tag = tag.trim();
+    let tag = tag.strip_prefix("W/").unwrap_or(tag);
+    tag.trim_matches('"').to_owned()
+}
+
+/// One entry of a change set's undo log: the row as it was before a write.
+#[derive(Debug)]
+pub struct Undo {
+    set: String,
+    id: Guid,
+    previous: Option<Row>,
+}
+
+/// What a write did, for the answer and the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// A new row.
+    Created,
+    /// An existing row changed.
+    Updated,
+}
+
+/// One table: its configuration, rows and alternate-key indexes.
+#[derive(Debug)]
+pub struct Table {
+    /// The table's configuration.
+    pub config: TableConfig,
+    rows: BTreeMap<Guid, Row>,
+    /// One index per alternate key: normalised key values → row id.
+    indexes: Vec<HashMap<String, Guid>>,
+}
+
+impl Table {
+    fn new(config: TableConfig) -> Self {
+        let indexes = config.alternate_keys.iter().map(|_| HashMap::new()).collect();
+        Self {
+            config,
+            rows: BTreeMap::new(),
+            indexes,
+        }
+    }
+
+    /// All rows in primary key order.
+    pub fn rows(&self) -> impl Iterator<Item = &Row> {
+        self.rows.values()
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The type of a readable property: a column, the primary key or a system column.
+    pub fn property_type(&self, name: &str) -> Option<ColumnType> {
+        if name == self.config.primary_key {
+            return Some(ColumnType::Guid);
+        }
+        match name {
+            "createdon" | "modifiedon" => Some(ColumnType::DateTime),
+            "versionnumber" => Some(ColumnType::BigInt),
+            _ => self.config.columns.get(name).map(|c| c.kind),
+        }
+    }
+
+    /// The value of a readable property of a row.
+    pub fn property(&self, row: &Row, name: &str) -> Value {
+        if name == self.config.primary_key {
+            return Value::String(row.id.to_string());
+        }
+        match name {
+            "createdon" => Value::String(row.created_on.clone()),
+            "modifiedon" => Value::String(row.modified_on.clone()),
+            "versionnumber" => Value::from(row.version),
+            _ => row.values.get(name).cloned().unwrap_or(Value::Null),
+        }
+    }
+
+    /// The row as the Web API returns it: `@odata.etag`, the selected properties (all when `select` is
+    /// `None`) and always the primary key.
+    pub fn row_json(&self, row: &Row, select: Option<&[String]>) -> Map<String, Value> {
+        let mut out = Map::new();
+        out.insert("@odata.etag".to_owned(), Value::String(row.etag()));
+        match select {
+            Some(columns) => {
+                for column in columns {
+                    out.insert(column.clone(), self.property(row, column));
+                }
+            }
+            None => {
+                for column in self.config.columns.keys() {
+                    out.insert(column.clone(), self.property(row, column));
+                }
+                for column in SYSTEM_COLUMNS {
+                    out.insert((*column).to_owned(), self.property(row, column));
+                }
+            }
+        }
+        out.insert(self.config.primary_key.clone(), Value::String(row.id.to_string()));
+        out
+    }
+
+    /// Finds a row by primary key or alternate key.
+    pub fn find(&self, target: &Target) -> Option<&Row> {
+        let id = match target {
+            Target::Id(id) => *id,
+            Target::Key { key, values } => {
+                let normalized = self.key_from_target(*key, values)?;
+                *self.indexes.get(*key)?.get(&normalized)?
+            }
+        };
+        self.rows.get(&id)
+    }
+
+    fn not_found(&self, target: &Target) -> ApiError {
+        match target {
+            Target::Id(id) => ApiError::RowNotFound {
+                entity: self.config.logical_name.clone(),
+                id: id.to_string(),
+            },
+            Target::Key { .. } => ApiError::KeyNotFound {
+                entity: self.config.logical_name.clone(),
+            },
+        }
+    }
+
+    fn key_component(&self, column: &str, value: &Value) -> Option<String> {
+        let kind = self.config.columns.get(column).map(|c| c.kind)?;
+        match value {
+            Value::Null => None,
+            // Dataverse compares text keys without regard to case (its default collation), and GUIDs
+            // are case-insensitive by nature.
+            Value::String(s) if kind.is_text() || kind == ColumnType::Guid => Some(s.to_lowercase()),
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.as_i64().map_or_else(|| n.to_string(), |i| i.to_string())),
+            other => Some(other.to_string()),
+        }
+    }
+
+    fn key_from_values(&self, key: usize, values: &BTreeMap<String, Value>) -> Option<String> {
+        let columns = &self.config.alternate_keys.get(key)?.columns;
+        let parts: Option<Vec<String>> = columns
+            .iter()
+            .map(|c| self.key_component(c, values.get(c).unwrap_or(&Value::Null)))
+            .collect();
+        parts.map(|p| p.join("\u{1f}"))
+    }
+
+    fn key_from_target(&self, key: usize, values: &[Value]) -> Option<String> {
+        let columns = &self.config.alternate_keys.get(key)?.columns;
+        let parts: Option<Vec<String>> = columns
+            .iter()
+            .zip(values)
+            .map(|(c, v)| self.key_component(c, v))
+            .collect();
+        parts.map(|p| p.join("\u{1f}"))
+    }
+
+    /// Fails when another row already holds any alternate key value of `values`.
+    fn check_unique(&self, values: &BTreeMap<String, Value>, own: Guid) -> Result<(), ApiError> {
+        for (k, key) in self.config.alternate_keys.iter().enumerate() {
+            let Some(normalized) = self.key_from_values(k, values) else {
+                continue;
+            };
+            if let Some(holder) = self.indexes[k].get(&normalized) {
+                if *holder != own {
+                    let shown: Vec<String> = key
+                        .columns
+                        .iter()
+                        .map(|c| match values.get(c) {
+                            Some(Value::String(s)) => s.clone(),
+                            Some(v) => v.to_string(),
+                            None => "null".to_owned(),
+                        })
+                        .collect();
+                    return Err(ApiError::DuplicateKey {
+                        key: key.name.clone(),
+                        values: shown.join(","),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_row(&mut self, row: Row) {
+        for k in 0..self.indexes.len() {
+            if let Some(normalized) = self.key_from_values(k, &row.values) {
+                self.indexes[k].insert(normalized, row.id);
+            }
+        }
+        self.rows.insert(row.id, row);
+    }
+
+    fn remove_row(&mut self, id: Guid) -> Option<Row> {
+        let row = self.rows.remove(&id)?;
+        for k in 0..self.indexes.len() {
+            if let Some(normalized) = self.key_from_values(k, &row.values) {
+                if self.indexes[k].get(&normalized) == Some(&id) {
+                    self.indexes[k].remove(&normalized);
+                }
+            }
+        }
+        Some(row)
+    }
+
+    /// Checks a request body against the columns and returns the values to write. Annotations
+    /// (`@odata.*`) are skipped; the primary key, system and computed columns are read-only here.
+    fn writable_values(&self, body: Map<String, Value>) -> Result<BTreeMap<String, Value>, ApiError> {
+        let mut out = BTreeMap::new();
+        for (name, value) in body {
+            if name.starts_with('@') || name == self.config.primary_key {
+                continue;
+            }
+            if name.contains('@') {
+                return Err(ApiError::NotSupported(format!(
+                    "The annotation '{name}' (lookups and @odata.bind)"
+                )));
+            }
+            if SYSTEM_COLUMNS.contains(&name.as_str()) || self.config.computed.contains_key(&name) {
+                continue;
+            }
+            let Some(column) = self.config.columns.get(&name) else {
+                return Err(ApiError::UnknownColumn {
+                    entity: self.config.logical_name.clone(),
+                    column: name,
+                });
+            };
+            check_value(&self.config.logical_name, &name, column, &value)?;
+            out.insert(name, value);
+        }
+        Ok(out)
+    }
+
+    fn recompute(&self, values: &mut BTreeMap<String, Value>) {
+        for (name, sources) in &self.config.computed {
+            let parts: Vec<&str> = sources
+                .iter()
+                .filter_map(|s| values.get(s).and_then(Value::as_str))
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            let value = if parts.is_empty() {
+                Value::Null
+            } else {
+                Value::String(parts.join(" "))
+            };
+            values.insert(name.clone(), value);
+        }
+    }
+
+    fn initial_values(&self) -> BTreeMap<String, Value> {
+        self.config
+            .columns
+            .iter()
+            .map(|(name, column)| (name.clone(), column.default.clone().unwrap_or(Value::Null)))
+            .collect()
+    }
+}
+
+/// Whether a value has the JSON type its column needs (`null` always does); the error says why not.
+pub fn check_value_type(column: &ColumnConfig, value: &Value) -> Result<(), String> {
+    let ok = match (column.kind, value) {
+        (_, Value::Null) => true,
+        (ColumnType::String | ColumnType::Memo, Value::String(_)) => true,
+        (ColumnType::Integer | ColumnType::Choice, Value::Number(n)) => {
+            n.as_i64().is_some_and(|i| i32::try_from(i).is_ok())
+        }
+        (ColumnType::BigInt, Value::Number(n)) => n.as_i64().is_some(),
+        (ColumnType::Decimal, Value::Number(_)) => true,
+        (ColumnType::Boolean, Value::Bool(_)) => true,
+        (ColumnType::Guid, Value::String(s)) => Guid::parse(s).is_some(),
+        (ColumnType::DateTime, Value::String(s)) => looks_like_date(s),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("expected {} but got {value}", column.kind.edm()))
+    }
+}
+
+fn looks_like_date(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() >= 10
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..7].iter().all(u8::is_ascii_digit)
+        && b[7] == b'-'
+        && b[8..10].iter().all(u8::is_ascii_digit)
+}
+
+fn check_value(entity: &str, name: &str, column: &ColumnConfig, value: &Value) -> Result<(), ApiError> {
+    if check_value_type(column, value).is_err() {
+        let shown = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        return Err(ApiError::WrongType {
+            column: name.to_owned(),
+            value: shown,
+            edm: column.kind.edm(),
+        });
+    }
+    if let Value::String(text) = value {
+        let max = column.effective_max_length();
+        if column.kind.is_text() && text.chars().count() > max {
+            return Err(ApiError::Validation(format!(
+                "The length of the '{name}' attribute of the '{entity}' entity exceeded the maximum allowed length of '{max}'."
+            )));
+        }
+    }
+    if let (Some(options), Some(number)) = (&column.options, value.as_i64()) {
+        if !options.contains(&number) {
+            let accepted: Vec<String> = options.iter().map(i64::to_string).collect();
+            return Err(ApiError::Validation(format!(
+                "The value {number} of '{name}' on record of type '{entity}' is outside the valid range. Accepted Values: {}",
+                accepted.join(",")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// All tables and the row version counter.
+#[derive(Debug)]
+pub struct Store {
+    tables: BTreeMap<String, Table>,
+    /// Last row version handed out; shared by all tables, like SQL Server's rowversion.
+    version: u64,
+}
+
+/// A persisted copy of the rows.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoreSnapshot {
+    /// The row version counter.
+    pub version: u64,
+    /// Rows by entity set.
+    pub tables: BTreeMap<String, Vec<Row>>,
+}
+
+#[derive(Serialize)]
+struct StoreSnapshotRef<'a> {
+    version: u64,
+    tables: BTreeMap<&'a str, Vec<&'a Row>>,
+}
+
+impl Store {
+    /// Empty tables as configured.
+    pub fn new(config: &Config) -> Self {
+        let tables = config
+            .tables
+            .iter()
+            .map(|t| (t.entity_set.clone(), Table::new(t.clone())))
+            .collect();
+        Self {
+            tables,
+            version: 1000,
+        }
+    }
+
+    /// The table behind an entity set name.
+    pub fn table(&self, set: &str) -> Result<&Table, ApiError> {
+        self.tables
+            .get(set)
+            .ok_or_else(|| ApiError::ResourceNotFound(set.to_owned()))
+    }
+
+    /// Entity set names.
+    pub fn entity_sets(&self) -> impl Iterator<Item = &str> {
+        self.tables.keys().map(String::as_str)
+    }
+
+    fn parts_mut(&mut self, set: &str) -> Result<(&mut Table, &mut u64), ApiError> {
+        let table = self
+            .tables
+            .get_mut(set)
+            .ok_or_else(|| ApiError::ResourceNotFound(set.to_owned()))?;
+        Ok((table, &mut self.version))
+    }
+
+    /// Creates a row (`POST`). The body may carry the primary key to choose the id.
+    pub fn create(
+        &mut self,
+        set: &str,
+        body: Map<String, Value>,
+        undo: &mut Vec<Undo>,
+    ) -> Result<Guid, ApiError> {
+        let (table, version) = self.parts_mut(set)?;
+        let id = match body.get(&table.config.primary_key) {
+            None | Some(Value::Null) => Guid::new_random(),
+            Some(Value::String(s)) => Guid::parse(s).ok_or_else(|| ApiError::WrongType {
+                column: table.config.primary_key.clone(),
+                value: s.clone(),
+                edm: "Edm.Guid",
+            })?,
+            Some(other) => {
+                return Err(ApiError::WrongType {
+                    column: table.config.primary_key.clone(),
+                    value: other.to_string(),
+                    edm: "Edm.Guid",
+                });
+            }
+        };
+        if table.rows.contains_key(&id) {
+            return Err(ApiError::DuplicateId);
+        }
+        let written = table.writable_values(body)?;
+        insert_new(table, version, set, id, written, undo)?;
+        Ok(id)
+    }
+
+    /// `PATCH`: update when the row exists, create otherwise, under the conditional headers' rules.
+    /// With an alternate key, the key values in the URL fill the new row (unless the body sets them)
+    /// and are never changed on an existing row.
+    pub fn upsert(
+        &mut self,
+        set: &str,
+        target: &Target,
+        body: Map<String, Value>,
+        conditions: &Conditions,
+        undo: &mut Vec<Undo>,
+    ) -> Result<(Guid, WriteOutcome), ApiError> {
+        let (table, version) = self.parts_mut(set)?;
+        let existing = table.find(target).cloned();
+        check_conditions(table, target, existing.as_ref(), conditions)?;
+        let mut written = table.writable_values(body)?;
+        match existing {
+            Some(row) => {
+                if let Target::Key { key, .. } = target {
+                    for column in &table.config.alternate_keys[*key].columns {
+                        written.remove(column);
+                    }
+                }
+                let mut values = row.values.clone();
+                values.extend(written);
+                table.recompute(&mut values);
+                table.check_unique(&values, row.id)?;
+                *version += 1;
+                let updated = Row {
+                    id: row.id,
+                    version: *version,
+                    created_on: row.created_on.clone(),
+                    modified_on: iso_now(),
+                    values,
+                };
+                table.remove_row(row.id);
+                table.insert_row(updated);
+                undo.push(Undo {
+                    set: set.to_owned(),
+                    id: row.id,
+                    previous: Some(row.clone()),
+                });
+                Ok((row.id, WriteOutcome::Updated))
+            }
+            None => {
+                let id = match target {
+                    Target::Id(id) => *id,
+                    Target::Key { key, values } => {
+                        let columns = table.config.alternate_keys[*key].columns.clone();
+                        for (column, value) in columns.into_iter().zip(values.iter()) {
+                            written.entry(column).or_insert_with(|| value.clone());
+                        }
+                        Guid::new_random()
+                    }
+                };
+                insert_new(table, version, set, id, written, undo)?;
+                Ok((id, WriteOutcome::Created))
+            }
+        }
+    }
+
+    /// `DELETE`: removes the row, honouring `If-Match: <etag>`.
+    pub fn delete(
+        &mut self,
+        set: &str,
+        target: &Target,
+        conditions: &Conditions,
+        undo: &mut Vec<Undo>,
+    ) -> Result<Guid, ApiError> {
+        let (table, _) = self.parts_mut(set)?;
+        let existing = table.find(target).cloned();
+        let Some(row) = existing else {
+            return Err(table.not_found(target));
+        };
+        check_conditions(table, target, Some(&row), conditions)?;
+        table.remove_row(row.id);
+        let id = row.id;
+        undo.push(Undo {
+            set: set.to_owned(),
+            id,
+            previous: Some(row),
+        });
+        Ok(id)
+    }
+
+    /// The row a target names, or the Web API's 404.
+    pub fn retrieve(&self, set: &str, target: &Target) -> Result<&Row, ApiError> {
+        let table = self.table(set)?;
+        table.find(target).ok_or_else(|| table.not_found(target))
+    }
+
+    /// Reverts writes, newest first: how a failed change set leaves no trace.
+    pub fn rollback(&mut self, undo: Vec<Undo>) {
+        for entry in undo.into_iter().rev() {
+            if let Some(table) = self.tables.get_mut(&entry.set) {
+                table.remove_row(entry.id);
+                if let Some(previous) = entry.previous {
+                    table.insert_row(previous);
+                }
+            }
+        }
+    }
+
+    /// Removes every row (the version counter keeps counting, so etags never repeat).
+    pub fn clear(&mut self) {
+        for table in self.tables.values_mut() {
+            let config = table.config.clone();
+            *table = Table::new(config);
+        }
+    }
+
+    /// Serialises all rows for the snapshot file.
+    pub fn snapshot_json(&self) -> serde_json::Value {
+        let snapshot = StoreSnapshotRef {
+            version: self.version,
+            tables: self
+                .tables
+                .iter()
+                .map(|(set, t)| (set.as_str(), t.rows.values().collect()))
+                .collect(),
+        };
+        serde_json::to_value(&snapshot).unwrap_or(Value::Null)
+    }
+
+    /// Loads rows from a snapshot. Columns no longer configured are dropped, new columns start as
+    /// `null`, tables no longer configured are skipped; a key conflict is an error.
+    pub fn restore(&mut self, snapshot: StoreSnapshot) -> anyhow::Result<()> {
+        let mut version = snapshot.version;
+        for (set, rows) in snapshot.tables {
+            let Some(table) = self.tables.get_mut(&set) else {
+                tracing::warn!(entity_set = %set, "snapshot table is not configured; skipped");
+                continue;
+            };
+            for mut row in rows {
+                let known: BTreeMap<String, Value> = table
+                    .config
+                    .columns
+                    .keys()
+                    .map(|c| (c.clone(), row.values.remove(c).unwrap_or(Value::Null)))
+                    .collect();
+                row.values = known;
+                table
+                    .check_unique(&row.values, row.id)
+                    .map_err(|e| anyhow::anyhow!("snapshot table {set}: {e}"))?;
+                version = version.max(row.version);
+                table.insert_row(row);
+            }
+        }
+        self.version = version;
+        Ok(())
+    }
+}
+
+fn insert_new(
+    table: &mut Table,
+    version: &mut u64,
+    set: &str,
+    id: Guid,
+    written: BTreeMap<String, Value>,
+    undo: &mut Vec<Undo>,
+) -> Result<(), ApiError> {
+    let mut values = table.initial_values();
+    values.extend(written);
+    table.recompute(&mut values);
+    table.check_unique(&values, id)?;
+    *version += 1;
+    let now = iso_now();
+    table.insert_row(Row {
+        id,
+        version: *version,
+        created_on: now.clone(),
+        modified_on: now,
+        values,
+    });
+    undo.push(Undo {
+        set: set.to_owned(),
+        id,
+        previous: None,
+    });
+    Ok(())
+}
+
+fn check_conditions(
+    table: &Table,
+    target: &Target,
+    existing: Option<&Row>,
+    conditions: &Conditions,
+) -> Result<(), ApiError> {
+    match (&conditions.if_match, existing) {
+        (Some(_), None) => return Err(table.not_found(target)),
+        (Some(IfMatch::Etags(tags)), Some(row)) => {
+            let current = row.version.to_string();
+            if !tags.iter().any(|t| t == "*" || *t == current) {
+                return Err(ApiError::VersionMismatch);
+            }
+        }
+        _ => {}
+    }
+    if conditions.if_none_match_any && existing.is_some() {
+        return Err(ApiError::AlreadyExists);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn store() -> Store {
+        Store::new(&Config::default())
+    }
+
+    fn body(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+
+    fn key(value: &str) -> Target {
+        Target::Key {
+            key: 0,
+            values: vec![Value::String(value.to_owned())],
+        }
+    }
+
+    #[test]
+    fn guid_round_trips_and_rejects_garbage() {
+        let id = Guid::new_random();
+        let text = id.to_string();
+        assert_eq!(text.len(), 36);
+        assert_eq!(text.as_bytes()[14], b'4', "version 4: {text}");
+        assert_eq!(Guid::parse(&text), Some(id));
+        assert_eq!(Guid::parse(&text.to_uppercase()), Some(id));
+        for bad in [
+            "",
+            "not-a-guid",
+            "00000000-0000-0000-0000-00000000000g",
+            "000000000000000000000000000000000000",
+        ] {
+            assert_eq!(Guid::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso_from_unix(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_from_unix(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(iso_from_unix(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn upsert_creates_then_updates_and_fullname_follows() {
+        let mut s = store();
+        let mut undo = Vec::new();
+        let (id, outcome) = s
+            .upsert(
+                "contacts",
+                &key("cus_1"),
+                body(json!({"firstname":"Ada"})),
+                &Conditions::default(),
+                &mut undo,
+            )
+            .expect("create");
+        assert_eq!(outcome, WriteOutcome::Created);
+        let row = s.retrieve("contacts", &Target::Id(id)).expect("row").clone();
+        assert_eq!(row.values["new_stripecustomerid"], "cus_1");
+        assert_eq!(row.values["fullname"], "Ada");
+        assert_eq!(row.values["statecode"], 0);
+        let (id2, outcome) = s
+            .upsert(
+                "contacts",
+                &key("CUS_1"),
+                body(json!({"lastname":"Lovelace","new_stripecustomerid":"other"})),
+                &Conditions::default(),
+                &mut undo,
+            )
+            .expect("update");
+        assert_eq!(
+            (id2, outcome),
+            (id, WriteOutcome::Updated),
+            "text keys ignore case"
+        );
+        let updated = s.retrieve("contacts", &key("cus_1")).expect("row");
+        assert_eq!(updated.values["fullname"], "Ada Lovelace");
+        assert_eq!(
+            updated.values["new_stripecustomerid"], "cus_1",
+            "key columns are not changed by upsert"
+        );
+        assert!(updated.version > row.version);
+    }
+
+    #[test]
+    fn conditions_follow_the_documented_rules() {
+        let mut s = store();
+        let mut undo = Vec::new();
+        let update_only = Conditions {
+            if_match: Some(IfMatch::Any),
+            if_none_match_any: false,
+        };
+        let create_only = Conditions {
+            if_match: None,
+            if_none_match_any: true,
+        };
+        let err = s
+            .upsert("contacts", &key("a"), Map::new(), &update_only, &mut undo)
+            .expect_err("missing");
+        assert!(matches!(err, ApiError::KeyNotFound { .. }));
+        s.upsert("contacts", &key("a"), Map::new(), &create_only, &mut undo)
+            .expect("created");
+        let err = s
+            .upsert("contacts", &key("a"), Map::new(), &create_only, &mut undo)
+            .expect_err("exists");
+        assert!(matches!(err, ApiError::AlreadyExists));
+        let row = s.retrieve("contacts", &key("a")).expect("row").clone();
+        let exact = Conditions {
+            if_match: IfMatch::parse(&row.etag()),
+            if_none_match_any: false,
+        };
+        s.upsert("contacts", &key("a"), Map::new(), &exact, &mut undo)
+            .expect("etag matches");
+        let err = s
+            .upsert("contacts", &key("a"), Map::new(), &exact, &mut undo)
+            .expect_err("stale");
+        assert!(matches!(err, ApiError::VersionMismatch));
+        let err = s
+            .delete("contacts", &key("a"), &exact, &mut undo)
+            .expect_err("stale delete");
+        assert!(matches!(err, ApiError::VersionMismatch));
+        s.delete("contacts", &key("a"), &Conditions::default(), &mut undo)
+            .expect("deleted");
+        let err = s
+            .delete("contacts", &key("a"), &Conditions::default(), &mut undo)
+            .expect_err("gone");
+        assert_eq!(err.status(), http::StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn alternate_keys_are_unique_and_rollback_restores_everything() {
+        let mut s = store();
+        let mut undo = Vec::new();
+        let a = s
+            .create(
+                "contacts",
+                body(json!({"new_stripecustomerid":"cus_a"})),
+                &mut undo,
+            )
+            .expect("a");
+        let before = s.retrieve("contacts", &Target::Id(a)).expect("a").clone();
+        let err = s
+            .create(
+                "contacts",
+                body(json!({"new_stripecustomerid":"CUS_A"})),
+                &mut undo,
+            )
+            .expect_err("duplicate");
+        assert!(matches!(err, ApiError::DuplicateKey { .. }), "{err:?}");
+
+        let mut changeset = Vec::new();
+        s.create(
+            "contacts",
+            body(json!({"new_stripecustomerid":"cus_b"})),
+            &mut changeset,
+        )
+        .expect("b");
+        s.upsert(
+            "contacts",
+            &Target::Id(a),
+            body(json!({"firstname":"changed"})),
+            &Conditions::default(),
+            &mut changeset,
+        )
+        .expect("update a");
+        s.delete("contacts", &Target::Id(a), &Conditions::default(), &mut changeset)
+            .expect("delete a");
+        s.rollback(changeset);
+        assert_eq!(s.table("contacts").expect("table").len(), 1);
+        assert_eq!(s.retrieve("contacts", &key("cus_a")).expect("a back"), &before);
+        assert!(
+            s.retrieve("contacts", &key("cus_b")).is_err(),
+            "b rolled back with its index entry"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_clear_errors() {
+        let mut s = store();
+        let mut undo = Vec::new();
+        let cases = [
+            (json!({"nope": 1}), "0x80048d19", "nope"),
+            (json!({"new_stripeeventcreated": "x"}), "0x80048d19", "Edm.Int32"),
+            (
+                json!({"new_stripeeventcreated": 99_999_999_999_i64}),
+                "0x80048d19",
+                "Edm.Int32",
+            ),
+            (json!({"new_stripedeleted": "yes"}), "0x80048d19", "Edm.Boolean"),
+            (
+                json!({"firstname": "x".repeat(51)}),
+                "0x80044331",
+                "maximum allowed length of '50'",
+            ),
+            (json!({"statuscode": 7}), "0x80044331", "outside the valid range"),
+        ];
+        for (input, code, needle) in cases {
+            let err = s
+                .create("contacts", body(input.clone()), &mut undo)
+                .expect_err("rejected");
+            let response = err.render();
+            let value: Value = serde_json::from_slice(&response.body).expect("json");
+            assert_eq!(value["error"]["code"], code, "{input}");
+            assert!(
+                value["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(needle)),
+                "{input}: {value}"
+            );
+        }
+        assert_eq!(s.table("contacts").expect("table").len(), 0);
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let mut s = store();
+        let mut undo = Vec::new();
+        let id = s
+            .create(
+                "contacts",
+                body(json!({"new_stripecustomerid":"cus_x"})),
+                &mut undo,
+            )
+            .expect("x");
+        let json = s.snapshot_json();
+        let snapshot: StoreSnapshot = serde_json::from_value(json).expect("snapshot");
+        let mut restored = store();
+        restored.restore(snapshot).expect("restore");
+        assert_eq!(restored.retrieve("contacts", &key("cus_x")).expect("row").id, id);
+        let next = restored.create("contacts", Map::new(), &mut undo).expect("y");
+        assert!(
+            restored
+                .retrieve("contacts", &Target::Id(next))
+                .expect("y")
+                .version
+                > 1001
+        );
+    }
+}
