@@ -7,11 +7,13 @@
 //!   context in record headers.
 //! * [`telemetry`] — tracing subscriber, optional OTLP export.
 //! * [`ops`] — `/healthz`, `/readyz` and `/metrics` for every service.
+//! * [`offsets`] — the lowest-unfinished-offset tracker that keeps commits from passing a gap.
 //! * [`retry`] — capped, jittered backoff.
 //! * [`shutdown`] — SIGINT/SIGTERM as a cancellation token.
 
 pub mod config;
 pub mod kafka;
+pub mod offsets;
 pub mod ops;
 pub mod retry;
 pub mod shutdown;

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Sets up everything and runs every check and test: formatting, lints, the unit tests and the
+# component tests against a real broker and registry started by the test harness.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+CACHE="${STRIPE_PIPELINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stripe-pipeline}"
+# The build is slow on small machines: keep it outside the checkout so fresh clones reuse it.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build the binaries the tests start"
+cargo build --workspace --bins --locked
+
+step "cargo test"
+cargo test --workspace --locked
