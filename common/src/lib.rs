@@ -2,6 +2,9 @@
 //!
 //! * [`config`] — typed settings from defaults, a TOML file, environment variables and `--set`
 //!   flags, validated at start-up with errors that name the setting.
+//! * [`consume`] — the commit-after-success consumer loop: ordered per partition, concurrent across
+//!   partitions, commits never pass an unfinished record.
+//! * [`dlq`] — dead-letter writes with the reason and origin in headers.
 //! * [`kafka`] — client builders with the pipeline's delivery guarantees baked in (idempotent
 //!   `acks=all` producer; consumer with manual offset storage), topic creation, and W3C trace
 //!   context in record headers.
@@ -12,6 +15,8 @@
 //! * [`shutdown`] — SIGINT/SIGTERM as a cancellation token.
 
 pub mod config;
+pub mod consume;
+pub mod dlq;
 pub mod kafka;
 pub mod offsets;
 pub mod ops;
