@@ -73,7 +73,11 @@ pub struct Abandoned;
 /// dead-letter topic with its reason. Transient failures are retried inside, never skipped; when
 /// `cancel` fires, return `Err(Abandoned)` promptly.
 pub trait BatchHandler: Send + Sync + 'static {
-    fn handle(&self, batch: Vec<Record>, cancel: &CancellationToken) -> impl Future<Output = Result<(), Abandoned>> + Send;
+    fn handle(
+        &self,
+        batch: Vec<Record>,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<(), Abandoned>> + Send;
 }
 
 /// Tuning of the loop; the defaults suit both stages.
@@ -113,7 +117,10 @@ struct Shared {
 
 impl Shared {
     fn epoch(&self, topic: &str, partition: i32) -> u64 {
-        lock(&self.epochs).get(&(topic.to_string(), partition)).copied().unwrap_or(0)
+        lock(&self.epochs)
+            .get(&(topic.to_string(), partition))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -170,7 +177,10 @@ impl ConsumerContext for LoopContext {
 }
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<String> {
-    tpl.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect()
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+        .collect()
 }
 
 /// A consumer-group member running the commit-after-success loop.
@@ -191,10 +201,18 @@ impl ConsumerLoop {
         settings: LoopSettings,
     ) -> Result<Self, KafkaError> {
         let shared = Arc::new(Shared::default());
-        let context = LoopContext { shared: shared.clone(), group: group.to_string() };
+        let context = LoopContext {
+            shared: shared.clone(),
+            group: group.to_string(),
+        };
         let consumer: StreamConsumer<LoopContext> = crate::kafka::consumer(kafka, client_id, group, context)?;
         consumer.subscribe(topics)?;
-        Ok(ConsumerLoop { consumer: Arc::new(consumer), shared, settings, group: group.to_string() })
+        Ok(ConsumerLoop {
+            consumer: Arc::new(consumer),
+            shared,
+            settings,
+            group: group.to_string(),
+        })
     }
 
     /// The underlying consumer, for lag metrics (positions, watermarks).
@@ -204,8 +222,17 @@ impl ConsumerLoop {
 
     /// Runs until `shutdown` is cancelled, then finishes or abandons in-flight work within the
     /// grace period, commits exactly what is finished, and leaves the group.
-    pub async fn run<H: BatchHandler>(self, handler: Arc<H>, shutdown: CancellationToken) -> Result<(), KafkaError> {
-        let ConsumerLoop { consumer, shared, settings, group } = self;
+    pub async fn run<H: BatchHandler>(
+        self,
+        handler: Arc<H>,
+        shutdown: CancellationToken,
+    ) -> Result<(), KafkaError> {
+        let ConsumerLoop {
+            consumer,
+            shared,
+            settings,
+            group,
+        } = self;
         let hard_stop = CancellationToken::new();
         let mut workers: HashMap<(String, i32), Worker> = HashMap::new();
         let mut tasks = JoinSet::new();
@@ -291,7 +318,9 @@ impl ConsumerLoop {
         let in_flight = lock(&shared.tracker).in_flight();
         match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(group = %group, error = %e, "final commit failed; the next owner re-reads from the last commit"),
+            Err(e) => {
+                tracing::warn!(group = %group, error = %e, "final commit failed; the next owner re-reads from the last commit")
+            }
         }
         consumer.unsubscribe();
         tracing::info!(group = %group, unfinished = in_flight, "consumer stopped");
@@ -367,7 +396,11 @@ async fn partition_worker<H: BatchHandler>(mut w: PartitionWork<H>) {
 fn set_paused(consumer: &StreamConsumer<LoopContext>, topic: &str, partition: i32, pause: bool) {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);
-    let result = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+    let result = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
     match result {
         Ok(()) => tracing::debug!(topic, partition, pause, "partition flow control"),
         Err(e) => tracing::warn!(topic, partition, pause, error = %e, "pause/resume failed"),

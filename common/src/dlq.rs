@@ -10,7 +10,10 @@ use rdkafka::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{consume::{Abandoned, Record}, retry::Backoff};
+use crate::{
+    consume::{Abandoned, Record},
+    retry::Backoff,
+};
 
 /// Header names on dead-lettered records.
 pub mod headers {
@@ -44,13 +47,19 @@ pub struct DeadLetters {
 
 impl std::fmt::Debug for DeadLetters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeadLetters").field("stage", &self.stage).finish_non_exhaustive()
+        f.debug_struct("DeadLetters")
+            .field("stage", &self.stage)
+            .finish_non_exhaustive()
     }
 }
 
 impl DeadLetters {
     pub fn new(producer: Arc<FutureProducer>, stage: &'static str, delivery_timeout: Duration) -> Self {
-        DeadLetters { producer, stage, delivery_timeout }
+        DeadLetters {
+            producer,
+            stage,
+            delivery_timeout,
+        }
     }
 
     /// The headers a dead letter of `record` carries (the record's own headers first, so trace
@@ -68,7 +77,10 @@ impl DeadLetters {
             (headers::ATTEMPTS, failure.attempts.to_string()),
             (headers::FAILED_AT, now),
         ] {
-            h = h.insert(Header { key, value: Some(value.as_bytes()) });
+            h = h.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
         }
         h
     }
@@ -132,7 +144,9 @@ impl DeadLetters {
 }
 
 fn epoch_millis_now() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     // Milliseconds since the epoch, unambiguous and sortable without a date library.
     format!("{}", now.as_millis())
 }

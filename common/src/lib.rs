@@ -11,6 +11,7 @@
 //! * [`telemetry`] — tracing subscriber, optional OTLP export.
 //! * [`ops`] — `/healthz`, `/readyz` and `/metrics` for every service.
 //! * [`offsets`] — the lowest-unfinished-offset tracker that keeps commits from passing a gap.
+//! * [`replay`] — reset a group's committed offsets by offset, time, earliest or latest.
 //! * [`retry`] — capped, jittered backoff.
 //! * [`shutdown`] — SIGINT/SIGTERM as a cancellation token.
 
@@ -20,6 +21,7 @@ pub mod dlq;
 pub mod kafka;
 pub mod offsets;
 pub mod ops;
+pub mod replay;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

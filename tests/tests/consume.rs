@@ -17,7 +17,8 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 
 async fn produce(env: &TestEnv, topic: &str, n: usize, keys: usize) {
-    let producer: FutureProducer = common::kafka::producer(&env.kafka_settings(), "consume-test", Duration::from_secs(10)).unwrap();
+    let producer: FutureProducer =
+        common::kafka::producer(&env.kafka_settings(), "consume-test", Duration::from_secs(10)).unwrap();
     let mut pending = Vec::new();
     for i in 0..n {
         let key = format!("k{}", i % keys);
@@ -54,10 +55,20 @@ fn committed(env: &TestEnv, group: &str, topic: &str, partitions: i32) -> HashMa
 }
 
 fn high_watermarks(env: &TestEnv, topic: &str, partitions: i32) -> HashMap<i32, i64> {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", env.broker.bootstrap_servers()).create().unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", env.broker.bootstrap_servers())
+        .create()
+        .unwrap();
     (0..partitions)
-        .map(|p| (p, consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1))
+        .map(|p| {
+            (
+                p,
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1,
+            )
+        })
         .collect()
 }
 
@@ -79,13 +90,20 @@ impl BatchHandler for Recorder {
         }
         // Simulated downstream latency, varying so partitions interleave.
         tokio::time::sleep(Duration::from_millis(u64::from(rand_ms()))).await;
-        self.seen.lock().unwrap().extend(batch.iter().map(|r| (r.partition, r.offset)));
+        self.seen
+            .lock()
+            .unwrap()
+            .extend(batch.iter().map(|r| (r.partition, r.offset)));
         Ok(())
     }
 }
 
 fn rand_ms() -> u8 {
-    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 4) as u8
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 4) as u8
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -96,8 +114,13 @@ async fn records_are_handled_in_partition_order_and_committed_after_success() {
     produce(&env, &topic, 300, 30).await;
 
     let group = unique("group");
-    let settings = LoopSettings { max_batch: 7, max_queued_per_partition: 20, ..LoopSettings::default() };
-    let consumer_loop = ConsumerLoop::new(&env.kafka_settings(), "consume-test", &group, &[&topic], settings).unwrap();
+    let settings = LoopSettings {
+        max_batch: 7,
+        max_queued_per_partition: 20,
+        ..LoopSettings::default()
+    };
+    let consumer_loop =
+        ConsumerLoop::new(&env.kafka_settings(), "consume-test", &group, &[&topic], settings).unwrap();
     let handler = Arc::new(Recorder::default());
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(consumer_loop.run(handler.clone(), shutdown.clone()));
@@ -119,7 +142,10 @@ async fn records_are_handled_in_partition_order_and_committed_after_success() {
             assert!(*o > prev, "partition {p}: offset {o} handled after {prev}");
         }
     }
-    assert_eq!(committed(&env, &group, &topic, 3), high_watermarks(&env, &topic, 3));
+    assert_eq!(
+        committed(&env, &group, &topic, 3),
+        high_watermarks(&env, &topic, 3)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -129,12 +155,25 @@ async fn unfinished_work_is_never_committed_and_is_redelivered() {
     env.create_topic(&topic, 1).await.unwrap();
     produce(&env, &topic, 10, 1).await;
     let group = unique("group");
-    let settings =
-        LoopSettings { max_batch: 1, shutdown_grace: Duration::from_millis(300), ..LoopSettings::default() };
+    let settings = LoopSettings {
+        max_batch: 1,
+        shutdown_grace: Duration::from_millis(300),
+        ..LoopSettings::default()
+    };
 
     // First member: finishes 0..=4, hangs on 5 until the shutdown grace period cancels it.
-    let first = ConsumerLoop::new(&env.kafka_settings(), "consume-test", &group, &[&topic], settings.clone()).unwrap();
-    let handler = Arc::new(Recorder { stuck_at: Some(5), ..Recorder::default() });
+    let first = ConsumerLoop::new(
+        &env.kafka_settings(),
+        "consume-test",
+        &group,
+        &[&topic],
+        settings.clone(),
+    )
+    .unwrap();
+    let handler = Arc::new(Recorder {
+        stuck_at: Some(5),
+        ..Recorder::default()
+    });
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(first.run(handler.clone(), shutdown.clone()));
     wait_until("offsets 0..=4 handled", Duration::from_secs(60), || {
@@ -145,10 +184,15 @@ async fn unfinished_work_is_never_committed_and_is_redelivered() {
     .unwrap();
     shutdown.cancel();
     run.await.unwrap().unwrap();
-    assert_eq!(committed(&env, &group, &topic, 1).get(&0), Some(&5), "commit stops at the unfinished record");
+    assert_eq!(
+        committed(&env, &group, &topic, 1).get(&0),
+        Some(&5),
+        "commit stops at the unfinished record"
+    );
 
     // Second member of the same group starts at the unfinished record.
-    let second = ConsumerLoop::new(&env.kafka_settings(), "consume-test", &group, &[&topic], settings).unwrap();
+    let second =
+        ConsumerLoop::new(&env.kafka_settings(), "consume-test", &group, &[&topic], settings).unwrap();
     let handler = Arc::new(Recorder::default());
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(second.run(handler.clone(), shutdown.clone()));
