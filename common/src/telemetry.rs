@@ -1,6 +1,9 @@
-//! Logs and traces: a `tracing` subscriber (text or JSON, filtered by `RUST_LOG`) and, when an
+//! Logs and traces: a `tracing` subscriber writing to stderr (text or JSON, filtered by `RUST_LOG`)
+//! and, when an
 //! OTLP endpoint is configured, span export over OTLP/HTTP. Trace context crosses Kafka in
 //! record headers (see [`crate::kafka::trace_headers`]).
+
+use std::io::IsTerminal as _;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -55,13 +58,25 @@ impl std::fmt::Debug for Telemetry {
 }
 
 impl Telemetry {
-    /// Flushes and stops span export. Call once, at the end of shutdown.
-    pub fn shutdown(self) {
-        if let Some(provider) = self.provider
-            && let Err(e) = provider.shutdown()
-        {
-            eprintln!("telemetry: flushing spans failed: {e}");
+    /// Flushes and stops span export. Call once, at the end of shutdown (dropping does the same).
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            // Off the async runtime: the exporter's blocking client may not be dropped inside it.
+            let flushed = std::thread::spawn(move || provider.shutdown()).join();
+            if let Ok(Err(e)) = flushed {
+                eprintln!("telemetry: flushing spans failed: {e}");
+            }
         }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -77,28 +92,17 @@ pub fn init(default_service: &str, settings: &TelemetrySettings) -> anyhow::Resu
 
     let provider = match &settings.otlp_endpoint {
         Some(endpoint) if !endpoint.is_empty() => {
-            use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
             let endpoint = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_endpoint(endpoint)
-                .with_headers(Default::default())
-                .build()
-                .map_err(|e| anyhow::anyhow!("invalid setting `telemetry.otlp_endpoint`: {e}"))?;
             let service = settings
                 .service_name
                 .clone()
                 .unwrap_or_else(|| default_service.to_string());
-            Some(
-                SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_resource(
-                        opentelemetry_sdk::Resource::builder()
-                            .with_service_name(service)
-                            .build(),
-                    )
-                    .build(),
-            )
+            // The exporter's blocking HTTP client must be created and dropped outside the async
+            // runtime, so both happen on plain threads.
+            let provider = std::thread::spawn(move || build_provider(endpoint, service))
+                .join()
+                .map_err(|_| anyhow::anyhow!("building the OTLP exporter panicked"))??;
+            Some(provider)
         }
         _ => None,
     };
@@ -119,4 +123,21 @@ pub fn init(default_service: &str, settings: &TelemetrySettings) -> anyhow::Resu
         tracing::debug!("a tracing subscriber was already installed; keeping it");
     }
     Ok(Telemetry { provider })
+}
+
+fn build_provider(endpoint: String, service: String) -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry_otlp::WithExportConfig;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| anyhow::anyhow!("invalid setting `telemetry.otlp_endpoint`: {e}"))?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
+        .build())
 }
