@@ -113,10 +113,19 @@ pub fn init(default_service: &str, settings: &TelemetrySettings) -> anyhow::Resu
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let installed = match settings.log_format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_target(true))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
             .try_init(),
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
     if installed.is_err() {
