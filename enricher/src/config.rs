@@ -1,0 +1,325 @@
+//! The enricher's settings: every key with its documented default, loaded through
+//! [`common::config::load`] (defaults, TOML file, standard and `ENRICHER_` variables, `--set`
+//! flags) and validated at start-up with errors that name the setting.
+
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use common::{
+    config::{ConfigError, HumanDuration, KafkaSettings, RegistrySettings, Settings},
+    consume::LoopSettings,
+    telemetry::TelemetrySettings,
+};
+use schemas::topics;
+use serde::{Deserialize, Serialize};
+
+use crate::normalize::{CUSTOMER_CREATED, CUSTOMER_DELETED, CUSTOMER_UPDATED, is_customer_event};
+
+/// Everything the enricher can be told. See `enricher/README.md` for the table of keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnricherConfig {
+    /// Address of the ops HTTP server (`/healthz`, `/readyz`, `/metrics`).
+    pub listen: SocketAddr,
+    pub kafka: KafkaSettings,
+    pub registry: RegistrySettings,
+    pub telemetry: TelemetrySettings,
+    /// Consumer group; every instance of one deployment shares it, so they split the partitions.
+    pub group: String,
+    /// Where raw Stripe events are read from.
+    pub input_topic: String,
+    /// Where normalised customer changes are written.
+    pub output_topic: String,
+    /// Where records that can never be processed go; `<input_topic>.dlq` when unset.
+    pub dlq_topic: Option<String>,
+    /// Event types turned into customer changes; every other type is skipped (counted, and its
+    /// offset still advances). Only customer events can be normalised, so this can only narrow
+    /// the default set (e.g. leave out `customer.deleted` to never propagate deletions).
+    pub event_types: BTreeSet<String>,
+    /// Create the input, output and dead-letter topics at start-up when they do not exist.
+    pub create_topics: bool,
+    /// Partition count of topics this stage creates (existing topics are left alone).
+    pub topic_partitions: i32,
+    /// Tuning of the commit-after-success consumer loop.
+    #[serde(rename = "loop")]
+    pub consumer_loop: LoopConfig,
+    /// How long one output record may wait for the broker's acknowledgement (librdkafka
+    /// `message.timeout.ms`, retries included) before it is produced again.
+    pub produce_timeout: HumanDuration,
+    /// Retry delays for transient failures (broker, registry).
+    pub backoff: BackoffConfig,
+    /// How often consumer lag is measured for `/metrics`.
+    pub lag_interval: HumanDuration,
+}
+
+impl Default for EnricherConfig {
+    fn default() -> Self {
+        EnricherConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
+            kafka: KafkaSettings::default(),
+            registry: RegistrySettings::default(),
+            telemetry: TelemetrySettings::default(),
+            group: "enricher".into(),
+            input_topic: topics::STRIPE_EVENTS.into(),
+            output_topic: topics::CUSTOMERS_NORMALIZED.into(),
+            dlq_topic: None,
+            event_types: [CUSTOMER_CREATED, CUSTOMER_UPDATED, CUSTOMER_DELETED]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            create_topics: true,
+            topic_partitions: 6,
+            consumer_loop: LoopConfig::default(),
+            produce_timeout: HumanDuration::secs(30),
+            backoff: BackoffConfig::default(),
+            lag_interval: HumanDuration::secs(10),
+        }
+    }
+}
+
+/// The consumer loop's knobs, as settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoopConfig {
+    /// Most records handled (and produced) as one batch.
+    pub max_batch: usize,
+    /// Records queued for one partition before it is paused.
+    pub max_queued_per_partition: usize,
+    /// How often finished offsets are stored for the background commit.
+    pub store_interval: HumanDuration,
+    /// How long in-flight batches may run after shutdown begins before they are abandoned (and
+    /// redelivered to the next owner).
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        let d = LoopSettings::default();
+        LoopConfig {
+            max_batch: d.max_batch,
+            max_queued_per_partition: d.max_queued_per_partition,
+            store_interval: HumanDuration(d.store_interval),
+            shutdown_grace: HumanDuration(d.shutdown_grace),
+        }
+    }
+}
+
+impl From<&LoopConfig> for LoopSettings {
+    fn from(c: &LoopConfig) -> Self {
+        LoopSettings {
+            max_batch: c.max_batch,
+            max_queued_per_partition: c.max_queued_per_partition,
+            store_interval: c.store_interval.into(),
+            shutdown_grace: c.shutdown_grace.into(),
+        }
+    }
+}
+
+/// Capped, jittered exponential backoff bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// First delay.
+    pub initial: HumanDuration,
+    /// Longest delay.
+    pub max: HumanDuration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: HumanDuration::millis(100),
+            max: HumanDuration::secs(30),
+        }
+    }
+}
+
+impl BackoffConfig {
+    pub fn backoff(&self) -> common::retry::Backoff {
+        common::retry::Backoff::new(self.initial.into(), self.max.into())
+    }
+}
+
+impl EnricherConfig {
+    /// The dead-letter topic: the configured one, else `<input_topic>.dlq`.
+    pub fn dlq_topic(&self) -> String {
+        self.dlq_topic
+            .clone()
+            .unwrap_or_else(|| topics::dlq_for(&self.input_topic))
+    }
+}
+
+fn nonblank(setting: &str, value: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(ConfigError::invalid(setting, "must not be empty"));
+    }
+    if value.trim() != value {
+        return Err(ConfigError::invalid(
+            setting,
+            "must not start or end with white space",
+        ));
+    }
+    Ok(())
+}
+
+impl Settings for EnricherConfig {
+    const ENV_PREFIX: &'static str = "ENRICHER_";
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate("kafka")?;
+        self.registry.validate("registry")?;
+        nonblank("group", &self.group)?;
+        nonblank("input_topic", &self.input_topic)?;
+        nonblank("output_topic", &self.output_topic)?;
+        if let Some(dlq) = &self.dlq_topic {
+            nonblank("dlq_topic", dlq)?;
+        }
+        let dlq = self.dlq_topic();
+        if self.output_topic == self.input_topic {
+            return Err(ConfigError::invalid(
+                "output_topic",
+                "must differ from input_topic",
+            ));
+        }
+        if dlq == self.input_topic || dlq == self.output_topic {
+            return Err(ConfigError::invalid(
+                "dlq_topic",
+                "must differ from input_topic and output_topic",
+            ));
+        }
+        if self.event_types.is_empty() {
+            return Err(ConfigError::invalid(
+                "event_types",
+                "must name at least one event type",
+            ));
+        }
+        if let Some(bad) = self.event_types.iter().find(|t| !is_customer_event(t)) {
+            return Err(ConfigError::invalid(
+                "event_types",
+                format!(
+                    "`{bad}` is not a customer change; choose from {CUSTOMER_CREATED}, {CUSTOMER_UPDATED}, {CUSTOMER_DELETED}"
+                ),
+            ));
+        }
+        if !(1..=10_000).contains(&self.topic_partitions) {
+            return Err(ConfigError::invalid(
+                "topic_partitions",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.consumer_loop.max_batch == 0 {
+            return Err(ConfigError::invalid("loop.max_batch", "must be at least 1"));
+        }
+        if self.consumer_loop.max_queued_per_partition < self.consumer_loop.max_batch {
+            return Err(ConfigError::invalid(
+                "loop.max_queued_per_partition",
+                "must be at least loop.max_batch",
+            ));
+        }
+        if self.consumer_loop.store_interval.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "loop.store_interval",
+                "must be longer than 0",
+            ));
+        }
+        if self.produce_timeout.0 < Duration::from_millis(100) {
+            return Err(ConfigError::invalid("produce_timeout", "must be at least 100ms"));
+        }
+        if self.backoff.initial.0.is_zero() {
+            return Err(ConfigError::invalid("backoff.initial", "must be longer than 0"));
+        }
+        if self.backoff.max < self.backoff.initial {
+            return Err(ConfigError::invalid(
+                "backoff.max",
+                "must be at least backoff.initial",
+            ));
+        }
+        if self.lag_interval.0 < Duration::from_millis(100) {
+            return Err(ConfigError::invalid("lag_interval", "must be at least 100ms"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use common::config::{ConfigArgs, load_from};
+
+    use super::*;
+
+    fn load(env: &[(&str, &str)], set: &[(&str, &str)]) -> Result<EnricherConfig, ConfigError> {
+        let args = ConfigArgs {
+            config: None,
+            set: set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        load_from(&args, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = load(&[], &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9101");
+        assert_eq!(c.group, "enricher");
+        assert_eq!(c.input_topic, "stripe.events");
+        assert_eq!(c.output_topic, "customers.normalized");
+        assert_eq!(c.dlq_topic(), "stripe.events.dlq");
+        assert_eq!(c.event_types.len(), 3);
+        assert!(c.create_topics);
+        assert_eq!(c.topic_partitions, 6);
+        assert_eq!(c.consumer_loop.max_batch, 100);
+    }
+
+    #[test]
+    fn every_source_reaches_the_settings() {
+        let c = load(
+            &[
+                ("KAFKA_BOOTSTRAP_SERVERS", "k:9092"),
+                ("SCHEMA_REGISTRY_URL", "http://r:8081"),
+                ("ENRICHER_GROUP", "enricher-blue"),
+                ("ENRICHER_INPUT_TOPIC", "in"),
+                ("ENRICHER_LOOP__MAX_BATCH", "7"),
+                ("ENRICHER_EVENT_TYPES", "[customer.created, customer.updated]"),
+            ],
+            &[("produce_timeout", "2s"), ("backoff.max", "5s")],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "k:9092");
+        assert_eq!(c.registry.url, "http://r:8081");
+        assert_eq!(c.group, "enricher-blue");
+        assert_eq!(c.dlq_topic(), "in.dlq");
+        assert_eq!(c.consumer_loop.max_batch, 7);
+        assert_eq!(c.produce_timeout, HumanDuration::secs(2));
+        assert_eq!(c.backoff.max, HumanDuration::secs(5));
+        assert!(!c.event_types.contains(CUSTOMER_DELETED));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        for (set, setting) in [
+            (("group", " "), "group"),
+            (("output_topic", "stripe.events"), "output_topic"),
+            (("dlq_topic", "customers.normalized"), "dlq_topic"),
+            (("event_types", "[invoice.paid]"), "event_types"),
+            (("event_types", "[]"), "event_types"),
+            (("topic_partitions", "0"), "topic_partitions"),
+            (("loop.max_batch", "0"), "loop.max_batch"),
+            (("produce_timeout", "1ms"), "produce_timeout"),
+            (("backoff.initial", "0s"), "backoff.initial"),
+            (("kafka.bootstrap_servers", ""), "kafka.bootstrap_servers"),
+            (("registry.url", "ftp://x"), "registry.url"),
+            (("listen", "nowhere"), "listen"),
+            (("lag_intervall", "1s"), "lag_intervall"),
+        ] {
+            let err = load(&[], &[set]).unwrap_err().to_string();
+            assert!(err.contains(setting), "{set:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn rendered_config_loads_back() {
+        let c = load(&[], &[("dlq_topic", "dead")]).unwrap();
+        let text = common::config::render(&c);
+        assert!(text.contains("[loop]"), "{text}");
+        let back: EnricherConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+    }
+}
