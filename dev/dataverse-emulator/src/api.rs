@@ -117,16 +117,15 @@ fn conditions(headers: &HeaderMap) -> Conditions {
 }
 
 fn json_body(request: &Request<'_>, set: &str) -> Result<Map<String, Value>, ApiError> {
-    if let Some(content_type) = header_str(request.headers, "content-type") {
-        if !content_type
+    if let Some(content_type) = header_str(request.headers, "content-type")
+        && !content_type
             .trim_start()
             .to_ascii_lowercase()
             .starts_with("application/json")
-        {
-            return Err(ApiError::MalformedBody(format!(
-                "The Content-Type '{content_type}' is not supported; send the entity as application/json."
-            )));
-        }
+    {
+        return Err(ApiError::MalformedBody(format!(
+            "The Content-Type '{content_type}' is not supported; send the entity as application/json."
+        )));
     }
     if request.body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::MalformedBody(format!(
@@ -261,14 +260,13 @@ pub fn execute(
             let table = store.table(&set)?;
             let options = odata::parse_query(request.query, table)?;
             let row = store.retrieve(&set, &target)?;
-            if let Some(tag) = header_str(request.headers, "if-none-match") {
-                if tag.trim() != "null"
-                    && tag
-                        .split(',')
-                        .any(|t| normalize_etag(t) == row.version.to_string())
-                {
-                    return Ok(plain(ApiResponse::odata(StatusCode::NOT_MODIFIED)));
-                }
+            if let Some(tag) = header_str(request.headers, "if-none-match")
+                && tag.trim() != "null"
+                && tag
+                    .split(',')
+                    .any(|t| normalize_etag(t) == row.version.to_string())
+            {
+                return Ok(plain(ApiResponse::odata(StatusCode::NOT_MODIFIED)));
             }
             let select = options.select.as_deref();
             let mut body = table.row_json(row, select);
@@ -331,6 +329,52 @@ pub fn execute(
                     ..Writes::default()
                 },
                 entity_path: None,
+            })
+        }
+        Resource::Property {
+            set,
+            target,
+            segment,
+            column,
+        } if method == Method::GET => {
+            let table = store.table(&set)?;
+            let row = store.retrieve(&set, &target)?;
+            let value = table.property(row, &column);
+            if value.is_null() {
+                return Ok(plain(ApiResponse::odata(StatusCode::NO_CONTENT)));
+            }
+            let body = json!({
+                "@odata.context": format!("{}$metadata#{segment}/{column}", ctx.base_url),
+                "value": value,
+            });
+            Ok(plain(ApiResponse::odata(StatusCode::OK).odata_json(&body)))
+        }
+        Resource::Property {
+            set, target, column, ..
+        } if method == Method::PUT || method == Method::DELETE => {
+            // A single-column update: the row must exist, as with `If-Match: *`.
+            let value = if method == Method::PUT {
+                let mut body = json_body(request, &set)?;
+                body.remove("value").ok_or_else(|| {
+                    ApiError::MalformedBody(format!(
+                        "A single-property update takes a body of the form {{\"value\": …}} for '{column}'."
+                    ))
+                })?
+            } else {
+                Value::Null
+            };
+            let mut update = Map::new();
+            update.insert(column, value);
+            let mut conditions = conditions(request.headers);
+            conditions.if_match.get_or_insert(IfMatch::Any);
+            let (id, _) = store.upsert(&set, &target, update, &conditions, undo)?;
+            Ok(Outcome {
+                response: ApiResponse::odata(StatusCode::NO_CONTENT),
+                writes: Writes {
+                    updated: 1,
+                    ..Writes::default()
+                },
+                entity_path: Some(format!("{set}({id})")),
             })
         }
         _ => Err(ApiError::MethodNotAllowed(method.to_string())),

@@ -13,9 +13,6 @@ use crate::response::ApiResponse;
 /// The most operations one batch may hold, change set members included.
 pub const MAX_OPERATIONS: usize = 1000;
 
-/// The service root path every inner absolute URL must be under.
-pub const SERVICE_ROOT: &str = "/api/data/v9.2";
-
 /// One operation of a batch.
 #[derive(Debug, Clone)]
 pub struct Operation {
@@ -156,8 +153,11 @@ fn split_parts<'t>(text: &'t str, boundary: &str) -> Result<Vec<&'t str>, ApiErr
     Ok(parts)
 }
 
+/// Header lines as (name, value), in order.
+type Headers = Vec<(String, String)>;
+
 /// Splits header lines from the content that follows the first empty line.
-fn split_headers(part: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn split_headers(part: &str) -> Result<(Headers, &str), String> {
     let mut headers = Vec::new();
     let mut pos = 0;
     for line in part.split_inclusive('\n') {
@@ -192,12 +192,12 @@ fn operation(part_headers: &[(String, String)], content: &str) -> Result<Operati
             "'{request_line}' is not a request line (METHOD URL HTTP/1.1)"
         ));
     };
-    if let Some(version) = words.next() {
-        if !version.starts_with("HTTP/") {
-            return Err(format!(
-                "'{request_line}' is not a request line (METHOD URL HTTP/1.1)"
-            ));
-        }
+    if let Some(version) = words.next()
+        && !version.starts_with("HTTP/")
+    {
+        return Err(format!(
+            "'{request_line}' is not a request line (METHOD URL HTTP/1.1)"
+        ));
     }
     let method =
         Method::from_bytes(method.as_bytes()).map_err(|_| format!("'{method}' is not an HTTP method"))?;
@@ -257,15 +257,12 @@ pub fn resolve_url(
             Some((_, after)) => after.find('/').map_or("/", |i| &after[i..]),
             None => raw_path,
         };
-        if let Some(absolute) = without_origin.strip_prefix('/') {
-            let under_root = format!("/{absolute}");
-            match under_root.strip_prefix(SERVICE_ROOT) {
-                Some(rest) if rest.is_empty() || rest.starts_with('/') => {
-                    percent_decode(rest.trim_start_matches('/'), false)?
-                }
-                _ => {
+        if without_origin.starts_with('/') {
+            match crate::odata::split_service_path(without_origin) {
+                Some((_, rest)) => percent_decode(rest, false)?,
+                None => {
                     return Err(ApiError::MalformedBatch(format!(
-                        "The URL '{url}' is not under the service root {SERVICE_ROOT}/."
+                        "The URL '{url}' is not under the service root /api/data/v9.2/."
                     )));
                 }
             }

@@ -320,10 +320,10 @@ impl ColumnConfig {
     }
 
     fn validate(&self, at: &str) -> anyhow::Result<()> {
-        if let Some(default) = &self.default {
-            if let Err(reason) = crate::store::check_value_type(self, default) {
-                anyhow::bail!("{at}.default: {reason}");
-            }
+        if let Some(default) = &self.default
+            && let Err(reason) = crate::store::check_value_type(self, default)
+        {
+            anyhow::bail!("{at}.default: {reason}");
         }
         if self.options.is_some() && self.kind != ColumnType::Choice {
             anyhow::bail!("{at}.options: only choice columns take options");

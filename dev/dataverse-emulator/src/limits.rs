@@ -215,7 +215,7 @@ impl Limiter {
 
     /// The documented message for a limit, with the configured numbers.
     pub fn message(&self, kind: ThrottleKind) -> String {
-        let window = if self.config.window_ms % 1000 == 0 {
+        let window = if self.config.window_ms.is_multiple_of(1000) {
             (self.config.window_ms / 1000).to_string()
         } else {
             format!("{}", self.config.window_ms as f64 / 1000.0)

@@ -10,6 +10,16 @@ use crate::config::ColumnType;
 use crate::error::ApiError;
 use crate::store::{Guid, Row, Store, Table, Target};
 
+/// Web API versions served; all behave as v9.2 (answers echo the version the request used).
+pub const VERSIONS: &[&str] = &["v9.0", "v9.1", "v9.2"];
+
+/// Splits `/api/data/<version>/<rest>` into the version and the rest; `None` off the service root.
+pub fn split_service_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/api/data/")?;
+    let (version, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    VERSIONS.contains(&version).then_some((version, rest))
+}
+
 /// The path under the service root (`/api/data/v9.2/`) that a request names.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
@@ -30,6 +40,13 @@ pub enum Resource {
         set: String,
         target: Target,
         segment: String,
+    },
+    /// One column of one row: `contacts(<key>)/lastname`.
+    Property {
+        set: String,
+        target: Target,
+        segment: String,
+        column: String,
     },
 }
 
@@ -94,18 +111,30 @@ pub fn parse_path(path: &str, store: &Store) -> Result<Resource, ApiError> {
     })?;
     let inner = &rest[1..close];
     let after = &rest[close + 1..];
-    if !after.is_empty() {
-        let segment = after.trim_start_matches('/');
+    let target = parse_key(inner, table)?;
+    let segment = format!("{set}({inner})");
+    if after.is_empty() {
+        return Ok(Resource::Entity {
+            set: set.to_owned(),
+            target,
+            segment,
+        });
+    }
+    let column = after.strip_prefix('/').unwrap_or(after);
+    if table.config.columns.contains_key(column) {
+        return Ok(Resource::Property {
+            set: set.to_owned(),
+            target,
+            segment,
+            column: column.to_owned(),
+        });
+    }
+    if column.starts_with('$') || column.contains('/') || table.property_type(column).is_some() {
         return Err(ApiError::NotSupported(format!(
-            "The path segment '{segment}' after a key"
+            "The path segment '{column}' after a key"
         )));
     }
-    let target = parse_key(inner, table)?;
-    Ok(Resource::Entity {
-        set: set.to_owned(),
-        target,
-        segment: format!("{set}({inner})"),
-    })
+    Err(ApiError::ResourceNotFound(column.to_owned()))
 }
 
 /// Index of the `)` that closes the `(` at the start of `text`, skipping quoted literals.
@@ -128,7 +157,12 @@ fn syntax_error(detail: impl std::fmt::Display) -> ApiError {
 /// Parses the inside of a key segment against a table: a bare GUID, `pk=<guid>`, or the columns of
 /// exactly one declared alternate key.
 pub fn parse_key(inner: &str, table: &Table) -> Result<Target, ApiError> {
-    let tokens = lex(inner)?;
+    let tokens = lex(inner).map_err(|detail| {
+        syntax_error(format!(
+            "'{inner}' is not a valid key ({detail}); use a GUID or <column>=<value> pairs of an alternate key of '{}'.",
+            table.config.logical_name
+        ))
+    })?;
     let config = &table.config;
     if let [Token::Guid(id)] = tokens.as_slice() {
         return Ok(Target::Id(*id));
@@ -166,13 +200,13 @@ pub fn parse_key(inner: &str, table: &Table) -> Result<Target, ApiError> {
             }
         }
     }
-    if let [(name, value)] = pairs.as_slice() {
-        if *name == config.primary_key {
-            return match value {
-                Token::Guid(id) => Ok(Target::Id(*id)),
-                _ => Err(syntax_error(format!("the primary key '{name}' takes a GUID."))),
-            };
-        }
+    if let [(name, value)] = pairs.as_slice()
+        && *name == config.primary_key
+    {
+        return match value {
+            Token::Guid(id) => Ok(Target::Id(*id)),
+            _ => Err(syntax_error(format!("the primary key '{name}' takes a GUID."))),
+        };
     }
     let mut names: Vec<&str> = pairs.iter().map(|(n, _)| n.as_str()).collect();
     names.sort_unstable();
@@ -278,7 +312,8 @@ impl Token {
     }
 }
 
-fn lex(text: &str) -> Result<Vec<Token>, ApiError> {
+/// Splits key segments and `$filter` text into tokens; the error is a detail for the caller's message.
+fn lex(text: &str) -> Result<Vec<Token>, String> {
     let chars: Vec<char> = text.chars().collect();
     let mut tokens = Vec::new();
     let mut i = 0;
@@ -308,7 +343,7 @@ fn lex(text: &str) -> Result<Vec<Token>, ApiError> {
                 loop {
                     match chars.get(i) {
                         None => {
-                            return Err(syntax_error(format!("unterminated string literal in '{text}'.")));
+                            return Err(format!("unterminated string literal in '{text}'"));
                         }
                         Some('\'') if chars.get(i + 1) == Some(&'\'') => {
                             value.push('\'');
@@ -338,16 +373,14 @@ fn lex(text: &str) -> Result<Vec<Token>, ApiError> {
                 tokens.push(classify(&word, text)?);
             }
             other => {
-                return Err(syntax_error(format!(
-                    "unexpected character '{other}' in '{text}'."
-                )));
+                return Err(format!("unexpected character '{other}' in '{text}'"));
             }
         }
     }
     Ok(tokens)
 }
 
-fn classify(word: &str, text: &str) -> Result<Token, ApiError> {
+fn classify(word: &str, text: &str) -> Result<Token, String> {
     if let Some(id) = Guid::parse(word) {
         return Ok(Token::Guid(id));
     }
@@ -365,7 +398,7 @@ fn classify(word: &str, text: &str) -> Result<Token, ApiError> {
         {
             return Ok(Token::Ident(word.to_owned()));
         }
-        return Err(syntax_error(format!("'{word}' is not a valid name in '{text}'.")));
+        return Err(format!("'{word}' is not a valid name or literal in '{text}'"));
     }
     if let Ok(i) = word.parse::<i64>() {
         return Ok(Token::Int(i));
@@ -373,14 +406,12 @@ fn classify(word: &str, text: &str) -> Result<Token, ApiError> {
     if word.len() >= 10 && word.as_bytes()[4] == b'-' && word.as_bytes()[7] == b'-' {
         return Ok(Token::DateTime(word.to_owned()));
     }
-    if word.contains('.') {
-        if let Ok(d) = word.parse::<f64>() {
-            return Ok(Token::Decimal(d));
-        }
+    if word.contains('.')
+        && let Ok(d) = word.parse::<f64>()
+    {
+        return Ok(Token::Decimal(d));
     }
-    Err(syntax_error(format!(
-        "'{word}' is not a valid literal in '{text}'."
-    )))
+    Err(format!("'{word}' is not a valid literal in '{text}'"))
 }
 
 /// Query options of a `GET` (or of a write with `Prefer: return=representation`).
@@ -525,7 +556,7 @@ pub enum TextFunction {
 
 /// Parses a `$filter` expression against a table.
 pub fn parse_filter(text: &str, table: &Table) -> Result<Filter, ApiError> {
-    let tokens = lex(text)?;
+    let tokens = lex(text).map_err(|detail| syntax_error(format!("{detail}.")))?;
     let mut parser = FilterParser {
         tokens,
         pos: 0,

@@ -60,12 +60,12 @@ impl AppState {
         let mut store = Store::new(&config);
         let mut tokens = Tokens::default();
         let persister = config.persist_path.clone().map(Persister::new);
-        if let Some(persister) = &persister {
-            if let Some(snapshot) = Persister::load(persister.path())? {
-                store.restore(snapshot.store)?;
-                tokens.restore(snapshot.tokens);
-                tracing::info!(path = %persister.path().display(), "loaded persisted state");
-            }
+        if let Some(persister) = &persister
+            && let Some(snapshot) = Persister::load(persister.path())?
+        {
+            store.restore(snapshot.store)?;
+            tokens.restore(snapshot.tokens);
+            tracing::info!(path = %persister.path().display(), "loaded persisted state");
         }
         Ok(Arc::new(Self {
             store: Mutex::new(store),
@@ -269,9 +269,7 @@ pub async fn serve(
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
-        .route("/api/data/v9.2", any(web_api))
-        .route("/api/data/v9.2/", any(web_api))
-        .route("/api/data/v9.2/{*rest}", any(web_api))
+        .route("/api/data/{*rest}", any(web_api))
         .route("/_admin/stats", get(admin_stats))
         .route("/_admin/reset", post(admin_reset))
         .route("/_admin/faults", get(admin_get_faults).post(admin_set_faults))
@@ -338,12 +336,12 @@ fn throttled(state: &AppState, throttle: Throttle) -> Answer {
     )
 }
 
-fn base_url(headers: &HeaderMap) -> String {
+fn base_url(headers: &HeaderMap, version: &str) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    format!("http://{host}/api/data/v9.2/")
+    format!("http://{host}/api/data/{version}/")
 }
 
 async fn handle_web_api(state: &Arc<AppState>, request: Request) -> Answer {
@@ -399,13 +397,11 @@ async fn handle_web_api(state: &Arc<AppState>, request: Request) -> Answer {
             return Answer::Respond(ApiError::PayloadTooLarge(state.config.max_body_bytes).into_response());
         }
     };
-    let base = base_url(&parts.headers);
-    let raw_path = parts
-        .uri
-        .path()
-        .strip_prefix(batch::SERVICE_ROOT)
-        .unwrap_or("")
-        .trim_start_matches('/');
+    let Some((version, raw_path)) = crate::odata::split_service_path(parts.uri.path()) else {
+        let segment = parts.uri.path().trim_start_matches("/api/data/").to_owned();
+        return Answer::Respond(ApiError::ResourceNotFound(segment).into_response());
+    };
+    let base = base_url(&parts.headers, version);
     let mut response = match crate::odata::percent_decode(raw_path, false) {
         Err(e) => e.render(),
         Ok(path) if path == "$batch" => {
@@ -465,10 +461,10 @@ async fn run_single(state: &Arc<AppState>, base: &str, request: api::Request<'_>
         }
     };
     lock(&state.stats).applied(kind, response.status.is_success(), writes);
-    if writes.any() {
-        if let Err(e) = state.persist().await {
-            return e.render();
-        }
+    if writes.any()
+        && let Err(e) = state.persist().await
+    {
+        return e.render();
     }
     tokio::time::sleep(state.latency(kind)).await;
     response
@@ -551,10 +547,8 @@ async fn run_batch(state: &Arc<AppState>, base: &str, headers: &HeaderMap, body:
             }
         }
     }
-    if any_writes {
-        if let Err(e) = state.persist().await {
-            return e.render();
-        }
+    if any_writes && let Err(e) = state.persist().await {
+        return e.render();
     }
     let (boundary, body) = batch::render(&answers);
     let mut response = ApiResponse::odata(failed.unwrap_or(StatusCode::OK));

@@ -340,22 +340,22 @@ impl Table {
             let Some(normalized) = self.key_from_values(k, values) else {
                 continue;
             };
-            if let Some(holder) = self.indexes[k].get(&normalized) {
-                if *holder != own {
-                    let shown: Vec<String> = key
-                        .columns
-                        .iter()
-                        .map(|c| match values.get(c) {
-                            Some(Value::String(s)) => s.clone(),
-                            Some(v) => v.to_string(),
-                            None => "null".to_owned(),
-                        })
-                        .collect();
-                    return Err(ApiError::DuplicateKey {
-                        key: key.name.clone(),
-                        values: shown.join(","),
-                    });
-                }
+            if let Some(holder) = self.indexes[k].get(&normalized)
+                && *holder != own
+            {
+                let shown: Vec<String> = key
+                    .columns
+                    .iter()
+                    .map(|c| match values.get(c) {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(v) => v.to_string(),
+                        None => "null".to_owned(),
+                    })
+                    .collect();
+                return Err(ApiError::DuplicateKey {
+                    key: key.name.clone(),
+                    values: shown.join(","),
+                });
             }
         }
         Ok(())
@@ -373,10 +373,10 @@ impl Table {
     fn remove_row(&mut self, id: Guid) -> Option<Row> {
         let row = self.rows.remove(&id)?;
         for k in 0..self.indexes.len() {
-            if let Some(normalized) = self.key_from_values(k, &row.values) {
-                if self.indexes[k].get(&normalized) == Some(&id) {
-                    self.indexes[k].remove(&normalized);
-                }
+            if let Some(normalized) = self.key_from_values(k, &row.values)
+                && self.indexes[k].get(&normalized) == Some(&id)
+            {
+                self.indexes[k].remove(&normalized);
             }
         }
         Some(row)
@@ -488,14 +488,14 @@ fn check_value(entity: &str, name: &str, column: &ColumnConfig, value: &Value) -
             )));
         }
     }
-    if let (Some(options), Some(number)) = (&column.options, value.as_i64()) {
-        if !options.contains(&number) {
-            let accepted: Vec<String> = options.iter().map(i64::to_string).collect();
-            return Err(ApiError::Validation(format!(
-                "The value {number} of '{name}' on record of type '{entity}' is outside the valid range. Accepted Values: {}",
-                accepted.join(",")
-            )));
-        }
+    if let (Some(options), Some(number)) = (&column.options, value.as_i64())
+        && !options.contains(&number)
+    {
+        let accepted: Vec<String> = options.iter().map(i64::to_string).collect();
+        return Err(ApiError::Validation(format!(
+            "The value {number} of '{name}' on record of type '{entity}' is outside the valid range. Accepted Values: {}",
+            accepted.join(",")
+        )));
     }
     Ok(())
 }
