@@ -1,1 +1,34 @@
-//! gateway
+//! The gateway: the pipeline's front door. It receives Stripe webhooks, verifies their
+//! signatures over the raw bytes, and writes each event to Kafka (`stripe.events`), answering 2xx
+//! only once the broker has acknowledged the record. Anything else is a non-2xx, so Stripe
+//! delivers it again.
+//!
+//! * [`signature`] — `Stripe-Signature` parsing and verification; builds [`VerifiedPayload`].
+//! * [`event`] — lenient parsing of a verified body into the `StripeEvent` record and its key.
+//! * [`dedup`] — recently accepted event ids and single-flight for concurrent duplicates.
+//! * [`sink`] — the durable write: Avro via the schema registry, idempotent `acks=all` produce.
+//! * [`http`] — the axum router and handler; [`error`] — the one error-to-response mapping.
+//! * [`metrics`] — `gateway_*` Prometheus metrics.
+//! * [`config`] — settings, defaults and validation; [`tls`] — optional rustls termination.
+//! * [`run`] — serve until shutdown, then drain and flush within a deadline.
+//!
+//! Neighbours: `schemas` (record and codec), `common` (config, Kafka clients, ops routes,
+//! telemetry), and downstream the enricher, which reads `stripe.events`.
+
+pub mod config;
+pub mod dedup;
+pub mod error;
+pub mod event;
+pub mod http;
+pub mod metrics;
+mod server;
+pub mod signature;
+pub mod sink;
+pub mod tls;
+
+pub use config::GatewayConfig;
+pub use error::GatewayError;
+pub use event::VerifiedEvent;
+pub use http::{AppState, WEBHOOK_PATH, app};
+pub use server::{run, url};
+pub use signature::{SignatureError, VerifiedPayload, Verifier};

@@ -1,0 +1,522 @@
+//! The gateway's settings, with their documented defaults and the checks that reject combinations
+//! that parse but cannot work. Loaded by `common::config::load` (file, `GATEWAY_*` variables,
+//! `--set` flags); see the README for the full table.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+    time::Duration,
+};
+
+use common::config::{
+    ConfigArgs, ConfigError, HumanDuration, KafkaSettings, RegistrySettings, Secret, Settings,
+};
+use common::telemetry::TelemetrySettings;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+/// Stripe gives up on a delivery after about this long; every answer must come well before.
+pub const STRIPE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything the gateway can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address to listen on (`GATEWAY_LISTEN`). Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// The broker (`KAFKA_BOOTSTRAP_SERVERS`, `GATEWAY_KAFKA__…`).
+    pub kafka: KafkaSettings,
+    /// The schema registry (`SCHEMA_REGISTRY_URL`, `GATEWAY_REGISTRY__…`).
+    pub registry: RegistrySettings,
+    /// Logs and traces (`RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `GATEWAY_TELEMETRY__…`).
+    pub telemetry: TelemetrySettings,
+    /// Topic every verified event is written to. Default `stripe.events`.
+    pub topic: String,
+    /// Create the topic at start-up when it does not exist. Default `true` (local use); turn off
+    /// where topics are managed elsewhere.
+    pub create_topic: bool,
+    /// Partitions for a topic created at start-up. Default 6.
+    pub topic_partitions: i32,
+    /// Replication factor for a topic created at start-up. Default 1.
+    pub topic_replication: i32,
+    /// Signature verification.
+    pub webhook: WebhookSettings,
+    /// Request limits and time budgets.
+    pub limits: Limits,
+    /// Memory of recently accepted event ids.
+    pub dedup: DedupSettings,
+    /// Source addresses allowed to post webhooks (IPs or CIDR ranges). Empty (default): any.
+    /// Stripe publishes its webhook IPs at <https://stripe.com/files/ips/ips_webhooks.txt>.
+    pub allow_ips: IpList,
+    /// Proxies whose `X-Forwarded-For` is believed when checking `allow_ips`. Empty (default):
+    /// the header is ignored and the peer address is the client.
+    pub trusted_proxies: IpList,
+    /// Serve HTTPS directly (rustls). Off by default: normally a proxy or load balancer terminates
+    /// TLS.
+    pub tls: TlsSettings,
+    /// Event types to write (`customer.updated`, `customer.*`, `*`). Empty (default): all.
+    /// Others are answered 200 and not written; prefer choosing events on the Stripe endpoint.
+    pub event_types: StringList,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            kafka: KafkaSettings::default(),
+            registry: RegistrySettings::default(),
+            telemetry: TelemetrySettings::default(),
+            topic: schemas::topics::STRIPE_EVENTS.to_string(),
+            create_topic: true,
+            topic_partitions: 6,
+            topic_replication: 1,
+            webhook: WebhookSettings::default(),
+            limits: Limits::default(),
+            dedup: DedupSettings::default(),
+            allow_ips: IpList::default(),
+            trusted_proxies: IpList::default(),
+            tls: TlsSettings::default(),
+            event_types: StringList::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Endpoint signing secrets (`whsec_…`); any one verifies. Give two while rolling a secret.
+    /// `GATEWAY_WEBHOOK__SECRETS=whsec_a,whsec_b` (or `[whsec_a, whsec_b]`), or
+    /// `STRIPE_WEBHOOK_SECRET` for a single one. Required.
+    #[serde(deserialize_with = "secrets")]
+    pub secrets: Vec<Secret>,
+    /// How old a signature may be. Default 300 s, as in Stripe's libraries.
+    pub tolerance: HumanDuration,
+    /// How far in the future a signature's timestamp may be. Default 300 s: a symmetric window
+    /// (as stripe-php does) absorbs clock skew but keeps a captured request from being replayable
+    /// for longer than `tolerance` after it was signed.
+    pub future_tolerance: HumanDuration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            secrets: Vec::new(),
+            tolerance: HumanDuration::secs(300),
+            future_tolerance: HumanDuration::secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted body, bytes. Default 1 MiB (Stripe events are a few KiB).
+    pub max_body: usize,
+    /// Webhook requests handled at once; more are answered 503 at once. Default 256.
+    pub max_in_flight: usize,
+    /// Bound on one webhook request, body upload included; then 503. Default 15 s. Must be under
+    /// Stripe's 30 s.
+    pub request_timeout: HumanDuration,
+    /// Bound on writing one event (schema lookup and broker acknowledgement); then 503. Also the
+    /// producer's delivery timeout. Default 10 s. Must be under `request_timeout`.
+    pub produce_timeout: HumanDuration,
+    /// On shutdown, how long in-flight requests and the producer get to finish. Default 20 s; at
+    /// least `request_timeout`.
+    pub shutdown_timeout: HumanDuration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 1024 * 1024,
+            max_in_flight: 256,
+            request_timeout: HumanDuration::secs(15),
+            produce_timeout: HumanDuration::secs(10),
+            shutdown_timeout: HumanDuration::secs(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupSettings {
+    /// Most event ids remembered. Default 100000 (a few MiB); 0 turns the memory off.
+    pub capacity: usize,
+    /// How long an accepted id is remembered. Default 24 h.
+    pub ttl: HumanDuration,
+}
+
+impl Default for DedupSettings {
+    fn default() -> Self {
+        DedupSettings {
+            capacity: 100_000,
+            ttl: HumanDuration::secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first. With `key`, turns HTTPS on. Default: unset.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Default: unset.
+    pub key: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() || self.key.is_some()
+    }
+}
+
+impl Settings for GatewayConfig {
+    const ENV_PREFIX: &'static str = "GATEWAY_";
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate("kafka")?;
+        self.registry.validate("registry")?;
+        if self.webhook.secrets.is_empty() {
+            return Err(ConfigError::invalid(
+                "webhook.secrets",
+                "at least one webhook signing secret is required (GATEWAY_WEBHOOK__SECRETS or STRIPE_WEBHOOK_SECRET)",
+            ));
+        }
+        if self
+            .webhook
+            .secrets
+            .iter()
+            .any(|s| s.is_empty() || s.expose().chars().any(char::is_whitespace))
+        {
+            return Err(ConfigError::invalid(
+                "webhook.secrets",
+                "a secret is empty or contains whitespace",
+            ));
+        }
+        if self.webhook.tolerance.0.is_zero() {
+            return Err(ConfigError::invalid("webhook.tolerance", "must be above zero"));
+        }
+        if self.topic.trim().is_empty() {
+            return Err(ConfigError::invalid("topic", "must not be empty"));
+        }
+        if self.topic_partitions < 1 {
+            return Err(ConfigError::invalid("topic_partitions", "must be at least 1"));
+        }
+        if self.topic_replication < 1 {
+            return Err(ConfigError::invalid("topic_replication", "must be at least 1"));
+        }
+        let l = &self.limits;
+        if l.max_body < 1024 {
+            return Err(ConfigError::invalid(
+                "limits.max_body",
+                "must be at least 1024 bytes",
+            ));
+        }
+        if l.max_in_flight == 0 {
+            return Err(ConfigError::invalid("limits.max_in_flight", "must be at least 1"));
+        }
+        if l.produce_timeout.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "limits.produce_timeout",
+                "must be above zero",
+            ));
+        }
+        if l.produce_timeout >= l.request_timeout {
+            return Err(ConfigError::invalid(
+                "limits.produce_timeout",
+                format!("must be less than limits.request_timeout ({})", l.request_timeout),
+            ));
+        }
+        if l.request_timeout.0 >= STRIPE_TIMEOUT {
+            return Err(ConfigError::invalid(
+                "limits.request_timeout",
+                "must be less than 30s, Stripe's own timeout",
+            ));
+        }
+        if l.shutdown_timeout < l.request_timeout {
+            return Err(ConfigError::invalid(
+                "limits.shutdown_timeout",
+                format!(
+                    "must be at least limits.request_timeout ({}), so in-flight requests can finish",
+                    l.request_timeout
+                ),
+            ));
+        }
+        if self.dedup.capacity > 0 && self.dedup.ttl.0.is_zero() {
+            return Err(ConfigError::invalid("dedup.ttl", "must be above zero"));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::invalid(
+                "tls",
+                "set both tls.cert and tls.key, or neither",
+            ));
+        }
+        if self.event_types.0.iter().any(|t| t.trim().is_empty()) {
+            return Err(ConfigError::invalid("event_types", "contains an empty entry"));
+        }
+        Ok(())
+    }
+}
+
+impl GatewayConfig {
+    /// Loads settings from every source, with `STRIPE_WEBHOOK_SECRET` as an alias for
+    /// `GATEWAY_WEBHOOK__SECRETS` when the latter is not set.
+    pub fn load(args: &ConfigArgs) -> Result<Self, ConfigError> {
+        Self::load_from(args, std::env::vars())
+    }
+
+    /// As [`GatewayConfig::load`], with the environment given explicitly.
+    pub fn load_from(
+        args: &ConfigArgs,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        let has_prefixed = env.iter().any(|(k, _)| k == "GATEWAY_WEBHOOK__SECRETS");
+        if !has_prefixed
+            && let Some((_, secret)) = env
+                .iter()
+                .find(|(k, v)| k == "STRIPE_WEBHOOK_SECRET" && !v.is_empty())
+        {
+            env.push(("GATEWAY_WEBHOOK__SECRETS".into(), secret.clone()));
+        }
+        common::config::load_from(args, env)
+    }
+
+    pub fn produce_timeout(&self) -> Duration {
+        self.limits.produce_timeout.into()
+    }
+}
+
+/// Accepts a list as a TOML array or as one comma-separated string (the environment's form).
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match Raw::deserialize(d)? {
+        Raw::One(s) => s.split(',').map(str::to_string).collect(),
+        Raw::Many(v) => v,
+    };
+    Ok(items
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
+fn secrets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    string_list(d).map(|v| v.into_iter().map(Secret::new).collect())
+}
+
+/// A list of strings, written as a TOML array or a comma-separated string.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StringList(#[serde(deserialize_with = "string_list")] pub Vec<String>);
+
+/// A list of IP addresses and CIDR ranges (`3.18.12.63`, `10.0.0.0/8`, `::1`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpList(pub Vec<IpNet>);
+
+impl IpList {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+impl FromStr for IpList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(parse_net)
+            .collect::<Result<_, _>>()
+            .map(IpList)
+    }
+}
+
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| IpNet::from(ip.to_canonical()))
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR range"))
+}
+
+impl Serialize for IpList {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(ToString::to_string))
+    }
+}
+
+impl<'de> Deserialize<'de> for IpList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let items = string_list(d)?;
+        items
+            .iter()
+            .map(|s| parse_net(s))
+            .collect::<Result<_, _>>()
+            .map(IpList)
+            .map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load(pairs: &[(&str, &str)]) -> Result<GatewayConfig, ConfigError> {
+        GatewayConfig::load_from(&ConfigArgs::default(), env(pairs))
+    }
+
+    #[test]
+    fn defaults_need_only_a_secret() {
+        let err = load(&[]).unwrap_err();
+        assert!(err.to_string().contains("webhook.secrets"), "{err}");
+        let c = load(&[("STRIPE_WEBHOOK_SECRET", "whsec_1")]).unwrap();
+        assert_eq!(c.webhook.secrets, vec![Secret::new("whsec_1")]);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.topic, "stripe.events");
+        assert_eq!(c.limits.max_body, 1 << 20);
+        assert_eq!(c.webhook.tolerance, HumanDuration::secs(300));
+        assert!(c.allow_ips.is_empty() && c.event_types.0.is_empty() && !c.tls.enabled());
+    }
+
+    #[test]
+    fn secrets_as_a_comma_list_or_an_array() {
+        for value in ["whsec_a,whsec_b", "[whsec_a, whsec_b]", " whsec_a , whsec_b ,"] {
+            let c = load(&[("GATEWAY_WEBHOOK__SECRETS", value)]).unwrap();
+            assert_eq!(
+                c.webhook.secrets,
+                vec![Secret::new("whsec_a"), Secret::new("whsec_b")],
+                "{value}"
+            );
+        }
+        // The prefixed variable wins over the alias.
+        let c = load(&[
+            ("GATEWAY_WEBHOOK__SECRETS", "whsec_new"),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_alias"),
+        ])
+        .unwrap();
+        assert_eq!(c.webhook.secrets, vec![Secret::new("whsec_new")]);
+    }
+
+    #[test]
+    fn file_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(
+            &file,
+            r#"
+listen = "0.0.0.0:9000"
+event_types = ["customer.*"]
+allow_ips = ["3.18.12.63", "10.0.0.0/8"]
+[webhook]
+secrets = ["whsec_a", "whsec_b"]
+future_tolerance = "60s"
+[limits]
+request_timeout = "20s"
+produce_timeout = "5s"
+[dedup]
+capacity = 10
+ttl = "1h"
+"#,
+        )
+        .unwrap();
+        let args = ConfigArgs {
+            config: Some(file),
+            set: vec![],
+        };
+        let c = GatewayConfig::load_from(&args, Vec::new()).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.webhook.secrets.len(), 2);
+        assert_eq!(c.webhook.future_tolerance, HumanDuration::secs(60));
+        assert_eq!(c.event_types.0, vec!["customer.*"]);
+        assert!(c.allow_ips.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.allow_ips.contains("3.18.12.63".parse().unwrap()));
+        assert!(!c.allow_ips.contains("3.18.12.64".parse().unwrap()));
+        // IPv4-mapped IPv6 peers (a dual-stack listener) match IPv4 entries.
+        assert!(c.allow_ips.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert_eq!(c.dedup.capacity, 10);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let secret = ("STRIPE_WEBHOOK_SECRET", "whsec_1");
+        for (pairs, setting) in [
+            (
+                vec![secret, ("GATEWAY_LIMITS__PRODUCE_TIMEOUT", "15s")],
+                "limits.produce_timeout",
+            ),
+            (
+                vec![
+                    secret,
+                    ("GATEWAY_LIMITS__REQUEST_TIMEOUT", "30s"),
+                    ("GATEWAY_LIMITS__SHUTDOWN_TIMEOUT", "40s"),
+                ],
+                "limits.request_timeout",
+            ),
+            (
+                vec![secret, ("GATEWAY_LIMITS__SHUTDOWN_TIMEOUT", "5s")],
+                "limits.shutdown_timeout",
+            ),
+            (
+                vec![secret, ("GATEWAY_LIMITS__MAX_IN_FLIGHT", "0")],
+                "limits.max_in_flight",
+            ),
+            (
+                vec![secret, ("GATEWAY_LIMITS__MAX_BODY", "10")],
+                "limits.max_body",
+            ),
+            (
+                vec![secret, ("GATEWAY_WEBHOOK__TOLERANCE", "0s")],
+                "webhook.tolerance",
+            ),
+            (
+                vec![secret, ("GATEWAY_TOPIC_PARTITIONS", "0")],
+                "topic_partitions",
+            ),
+            (vec![secret, ("GATEWAY_TLS__CERT", "/tmp/cert.pem")], "tls"),
+            (
+                vec![secret, ("GATEWAY_ALLOW_IPS", "10.0.0.0/8,not-an-ip")],
+                "allow_ips",
+            ),
+            (vec![secret, ("GATEWAY_LISTEN", "localhost")], "listen"),
+            (vec![secret, ("GATEWAY_LIMTS__MAX_BODY", "1")], "limts"),
+            (
+                vec![("GATEWAY_WEBHOOK__SECRETS", "whsec_a,whsec b")],
+                "webhook.secrets",
+            ),
+        ] {
+            let err = load(&pairs).unwrap_err().to_string();
+            assert!(err.contains(setting), "{pairs:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = load(&[("GATEWAY_WEBHOOK__SECRETS", "whsec_supersecret,whsec_other")]).unwrap();
+        let text = common::config::render(&c);
+        assert!(!text.contains("whsec_"), "{text}");
+        assert!(!format!("{c:?}").contains("whsec_"));
+        // The rendered form is itself a valid configuration file (secrets aside).
+        assert!(text.contains("[webhook]"), "{text}");
+    }
+}

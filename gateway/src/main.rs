@@ -1,0 +1,60 @@
+//! `gateway`: parse the command line and configuration, set up telemetry, bind, and run until
+//! SIGINT or SIGTERM. Everything else is the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use common::config::ConfigArgs;
+use gateway::GatewayConfig;
+
+/// Receives Stripe webhooks, verifies them and writes them durably to Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve webhooks (the default).
+    Run,
+    /// Print the effective configuration (secrets masked) and exit.
+    PrintConfig,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = GatewayConfig::load(&cli.config)?;
+    if let Some(Command::PrintConfig) = cli.command {
+        print!("{}", common::config::render(&config));
+        return Ok(());
+    }
+    let telemetry = common::telemetry::init("gateway", &config.telemetry)?;
+    let shutdown = common::shutdown::on_signal();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("setting `listen`: cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    // One line on stdout, for people and for harnesses that wait for it.
+    println!(
+        "gateway listening on {}",
+        gateway::url(addr, config.tls.enabled())
+    );
+    let result = gateway::run(config, listener, shutdown).await;
+    telemetry.shutdown();
+    result
+}

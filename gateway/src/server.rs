@@ -1,0 +1,186 @@
+//! Running the gateway: build the producer, codec and state, serve HTTP (or HTTPS) until the
+//! shutdown token is cancelled, then drain within `limits.shutdown_timeout`: stop accepting,
+//! let in-flight requests finish (each is acknowledged or answered 503), wait for their writes,
+//! flush the producer.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{Router, extract::connect_info::Connected, serve::IncomingStream};
+use common::{kafka::TopicSpec, ops::check, retry::Backoff};
+use schemas::Codec;
+use tokio::{net::TcpListener, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::GatewayConfig,
+    http::{AppState, PeerAddr, app},
+    sink::KafkaSink,
+    tls::{self, TlsListener},
+};
+
+impl Connected<IncomingStream<'_, TcpListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// Runs the gateway on `listener` until `shutdown` is cancelled, then shuts down within
+/// `limits.shutdown_timeout`. Fails only on a configuration it cannot start with (TLS files, the
+/// producer's settings); an unreachable broker or registry is reported by `/readyz` and answered
+/// with 503 until it recovers.
+pub async fn run(
+    config: GatewayConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let tls = match config.tls.enabled() {
+        true => Some(tls::acceptor(&config.tls)?),
+        false => None,
+    };
+    let kafka = config.kafka.clone();
+    let delivery_timeout = config.produce_timeout();
+    // Creating a client blocks briefly; keep it off the async workers.
+    let producer =
+        tokio::task::spawn_blocking(move || common::kafka::producer(&kafka, "gateway", delivery_timeout))
+            .await?
+            .context("setting `kafka`: cannot create the Kafka producer")?;
+    let codec = Codec::new(&config.registry.codec_config())
+        .context("setting `registry`: cannot create the schema registry client")?;
+    let sink = KafkaSink::new(producer, codec, &config.topic);
+
+    let starting = CancellationToken::new();
+    let startup_done = starting.clone();
+    let state = AppState::new(&config, Arc::new(sink.clone())).with_check(
+        "startup",
+        check(move || {
+            let done = startup_done.is_cancelled();
+            async move {
+                match done {
+                    true => Ok(()),
+                    false => Err("topic and schema not prepared yet".to_string()),
+                }
+            }
+        }),
+    );
+    let startup = tokio::spawn(prepare(config.clone(), sink.clone(), starting, shutdown.clone()));
+    let router = app(state.clone());
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, tls = tls.is_some(), topic = %config.topic, "gateway listening");
+    let grace: Duration = config.limits.shutdown_timeout.into();
+    let deadline = serve(listener, tls, router, &shutdown, grace).await?;
+    startup.abort();
+
+    // Writes whose client hung up still run; their records are awaited here.
+    let writes = state.writes();
+    writes.close();
+    if tokio::time::timeout_at(deadline, writes.wait()).await.is_err() {
+        tracing::warn!(
+            remaining = writes.len(),
+            "writes still running at the shutdown deadline"
+        );
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match sink.flush(remaining).await {
+        Ok(()) => tracing::info!("producer flushed; gateway stopped"),
+        Err(e) => tracing::warn!(error = %e, "producer not fully flushed at the shutdown deadline"),
+    }
+    Ok(())
+}
+
+/// Serves until `shutdown`, then drains connections until `grace` has passed. Returns the
+/// shutdown deadline.
+async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: Router,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<Instant> {
+    let signal = shutdown.clone().cancelled_owned();
+    let make_service = router.into_make_service_with_connect_info::<PeerAddr>();
+    let server: futures::future::BoxFuture<'static, std::io::Result<()>> = match tls {
+        None => Box::pin(
+            axum::serve(listener, make_service)
+                .with_graceful_shutdown(signal)
+                .into_future(),
+        ),
+        Some(acceptor) => Box::pin(
+            axum::serve(TlsListener::new(listener, acceptor)?, make_service)
+                .with_graceful_shutdown(signal)
+                .into_future(),
+        ),
+    };
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => {
+            result.context("serving HTTP")?;
+            return Ok(Instant::now());
+        }
+        () = shutdown.cancelled() => {}
+    }
+    let deadline = Instant::now() + grace;
+    tracing::info!(
+        ?grace,
+        "shutting down: no new connections; finishing in-flight requests"
+    );
+    match tokio::time::timeout_at(deadline, &mut server).await {
+        Ok(result) => result.context("serving HTTP")?,
+        Err(_) => tracing::warn!("connections still open at the shutdown deadline; closing them"),
+    }
+    Ok(deadline)
+}
+
+/// Creates the topic (when configured) and registers the schema, retrying with backoff until both
+/// worked or shutdown. Until then `/readyz` says not ready; requests still try on their own and
+/// get 503 while the broker or registry is away.
+async fn prepare(
+    config: GatewayConfig,
+    sink: KafkaSink,
+    done: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut topic_ready = !config.create_topic;
+    loop {
+        if !topic_ready {
+            let spec = TopicSpec {
+                name: config.topic.clone(),
+                partitions: config.topic_partitions,
+                replication: config.topic_replication,
+            };
+            match common::kafka::ensure_topics(&config.kafka, &[spec]).await {
+                Ok(()) => topic_ready = true,
+                Err(e) => {
+                    tracing::warn!(topic = %config.topic, error = %e, "cannot create the topic yet; retrying")
+                }
+            }
+        }
+        if topic_ready {
+            match sink.prepare().await {
+                Ok(id) => {
+                    tracing::info!(topic = %config.topic, schema_id = id, "schema registered");
+                    done.cancel();
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot register the schema yet; retrying"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The address a `run` listening on `listener` is reachable at, for the start-up line.
+pub fn url(addr: SocketAddr, tls: bool) -> String {
+    format!("{}://{addr}", if tls { "https" } else { "http" })
+}
