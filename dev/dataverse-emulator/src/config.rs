@@ -621,6 +621,24 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_is_a_valid_config() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\n").expect("toml example") + "```toml\n".len();
+        let end = start + readme[start..].find("```").expect("end of example");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("example.toml");
+        std::fs::write(&path, &readme[start..end]).expect("write");
+        let config = Config::from_file(&path).expect("parses");
+        config.validate().expect("valid");
+        assert_eq!(config.tables.len(), 1);
+        assert_eq!(
+            config.tables[0].alternate_keys[0].columns,
+            vec!["accountnumber".to_owned()]
+        );
+        assert_eq!(config.latency.update_ms, Some(20));
+    }
+
+    #[test]
     fn json_file_and_validation_errors_name_the_setting() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("emulator.json");

@@ -50,6 +50,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    tracing::info!(
+        tables = ?config.tables.iter().map(|t| t.entity_set.as_str()).collect::<Vec<_>>(),
+        clients = ?config.clients.keys().collect::<Vec<_>>(),
+        limits = ?config.limits,
+        latency = ?config.latency,
+        persist = ?config.persist_path,
+        "starting dataverse emulator"
+    );
     let state = server::AppState::new(config)?;
     server::serve(listener, state, shutdown).await
 }
