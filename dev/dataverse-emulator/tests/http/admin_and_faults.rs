@@ -134,7 +134,10 @@ async fn forced_throttle_window_answers_429_until_it_ends() {
     env.set_faults(json!({"force_throttle": {"duration_ms": 1500, "kind": "execution_time"}}))
         .await;
     let response = env.get("contacts").await;
-    assert_eq!(retry_after(&response), 2);
+    assert!(
+        (1..=2).contains(&retry_after(&response)),
+        "the time left of the 1.5 s window"
+    );
     let (code, _) = odata_error(response, StatusCode::TOO_MANY_REQUESTS).await;
     assert_eq!(code, "0x80072321");
     eventually("the forced window to end", || async {
