@@ -1,1 +1,252 @@
-//! sink-dataverse
+//! sink-dataverse: consumes `customers.normalized` and writes every customer change to a
+//! Dataverse contact exactly once in effect, committing offsets only after the write (or the
+//! dead letter) is done.
+//!
+//! From the consumer inwards:
+//! * `common::consume::ConsumerLoop` — ordered per partition, concurrent across partitions,
+//!   commits never pass an unfinished record. This crate only supplies its handler.
+//! * [`handler`] — decodes records, applies one customer's changes in partition order and
+//!   different customers concurrently, dead-letters refusals with Dataverse's code and message.
+//! * [`apply`] — the write loop (read → decide → conditional write → on 412 decide again) and
+//!   the retry policy (transient failures retried, never skipped).
+//! * [`guard`] — the staleness guard: which conditional write, if any, applies a change. Pure.
+//! * [`mapping`] — `Customer` → contact columns, the tombstone. Pure.
+//! * [`client`] — HTTP: tokens, the shared rate limiter, `$batch` coalescing, contacts by key.
+//! * [`rate`] — the throttling policy (Retry-After pauses, halving, ramp-up, dop hint). Pure core.
+//! * [`auth`] — OAuth 2.0 client credentials, cached and renewed.
+//! * [`batch`], [`odata`], [`error`] — wire formats and the error classification. Pure.
+//! * [`config`], [`metrics`], [`lag`] — settings, Prometheus metrics, consumer lag.
+//!
+//! [`run`] wires them together; `main.rs` only parses the command line.
+
+pub mod apply;
+pub mod auth;
+pub mod batch;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod guard;
+pub mod handler;
+pub mod lag;
+pub mod mapping;
+pub mod metrics;
+pub mod odata;
+pub mod rate;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use common::{
+    consume::ConsumerLoop,
+    dlq::DeadLetters,
+    kafka::TopicSpec,
+    ops::{self, Check},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::SinkConfig;
+
+use crate::{
+    auth::{Credentials, TokenSource},
+    client::{ContactStore, Dataverse, ProbeError, ThrottlePolicy, Transport},
+    handler::SinkHandler,
+    mapping::Columns,
+    metrics::Metrics,
+    rate::{Controller, Limiter},
+};
+
+/// Client id of the sink's Kafka clients.
+const CLIENT_ID: &str = "sink-dataverse";
+
+/// Runs the sink until `shutdown` is cancelled: serves the ops endpoints on `ops_listener`,
+/// checks the Dataverse configuration, then consumes. On shutdown, in-flight writes get
+/// `consumer.shutdown_grace` to finish, exactly what is finished is committed, and the call
+/// returns. Fails at start-up when Dataverse or the token endpoint definitely refuses the
+/// configuration (wrong table, columns, credentials); outages at start-up are only logged, and
+/// writes wait for them to end.
+pub async fn run(
+    config: SinkConfig,
+    ops_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = ops_listener.local_addr()?;
+    let (metrics, registry) = Metrics::new();
+    let request_timeout: Duration = config.request_timeout.into();
+    let http = reqwest::Client::builder()
+        .timeout(request_timeout)
+        .connect_timeout(request_timeout.min(Duration::from_secs(10)))
+        .build()
+        .context("building the HTTP client")?;
+    let dv = &config.dataverse;
+    let tokens = Arc::new(TokenSource::new(
+        http.clone(),
+        Credentials {
+            token_url: dv.token_endpoint(),
+            client_id: dv.client_id.trim().to_string(),
+            client_secret: dv.client_secret.clone(),
+            scope: dv.scope(),
+        },
+        metrics.clone(),
+    ));
+    let limiter = Limiter::new(Controller::new(
+        config.max_concurrency,
+        config.retry.ramp_up_after,
+    ));
+    metrics.concurrency_limit(limiter.limit());
+    let transport = Arc::new(Transport::new(
+        http,
+        dv.api_base(),
+        tokens.clone(),
+        limiter,
+        metrics.clone(),
+        ThrottlePolicy {
+            default_retry_after: config.retry.default_retry_after.into(),
+            max_retry_after: config.retry.max_retry_after.into(),
+        },
+    ));
+    let columns = Columns::from_config(&config);
+
+    // The ops endpoints first, so /healthz answers while the rest starts.
+    let ops_stop = CancellationToken::new();
+    let router = ops::router(registry, readiness_checks(&config, &tokens, &transport, &columns));
+    let server = tokio::spawn(ops::serve(ops_listener, router, ops_stop.clone()));
+    println!("sink-dataverse ops listening on http://{addr}");
+    tracing::info!(%addr, environment = %dv.environment(), table = %columns.table, "sink-dataverse starting");
+
+    let result = consume(&config, transport, columns, metrics, shutdown).await;
+    ops_stop.cancel();
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "ops server failed"),
+        Err(e) => tracing::warn!(error = %e, "ops server task failed"),
+    }
+    result
+}
+
+async fn consume(
+    config: &SinkConfig,
+    transport: Arc<Transport>,
+    columns: Columns,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    check_dataverse(&transport, &columns).await?;
+
+    let codec = schemas::Codec::new(&config.registry.codec_config()).context("schema registry settings")?;
+    let dlq_topic = config.dlq_topic();
+    if config.create_dlq_topic {
+        common::kafka::ensure_topics(
+            &config.kafka,
+            &[TopicSpec::new(&dlq_topic, config.dlq_partitions)],
+        )
+        .await
+        .with_context(|| format!("creating the dead-letter topic {dlq_topic}"))?;
+    }
+    let kafka = config.kafka.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        common::kafka::producer(&kafka, CLIENT_ID, Duration::from_secs(30))
+    })
+    .await?
+    .context("creating the dead-letter producer")?;
+    let dead_letters = DeadLetters::new(Arc::new(producer), handler::STAGE, Duration::from_secs(30));
+
+    let (kafka, group, topic, loop_settings) = (
+        config.kafka.clone(),
+        config.group.clone(),
+        config.input_topic.clone(),
+        config.consumer.loop_settings(),
+    );
+    let consumer_loop = tokio::task::spawn_blocking(move || {
+        ConsumerLoop::new(&kafka, CLIENT_ID, &group, &[&topic], loop_settings)
+    })
+    .await?
+    .context("creating the consumer")?;
+
+    let lag_stop = CancellationToken::new();
+    let lag = tokio::spawn(lag::report(
+        consumer_loop.consumer(),
+        metrics.clone(),
+        config.consumer.lag_interval.into(),
+        lag_stop.clone(),
+    ));
+
+    let dataverse = Dataverse::start(transport, config.batch_size, config.linger.into());
+    let handler = Arc::new(SinkHandler {
+        codec,
+        contacts: Arc::new(ContactStore::new(dataverse, columns.clone())),
+        columns,
+        dead_letters,
+        dlq_topic,
+        metrics,
+        backoff: (
+            config.retry.initial_backoff.into(),
+            config.retry.max_backoff.into(),
+        ),
+    });
+    tracing::info!(group = %config.group, topic = %config.input_topic, "consuming");
+    let result = consumer_loop.run(handler, shutdown).await;
+    lag_stop.cancel();
+    let _ = lag.await;
+    result.context("consumer loop")
+}
+
+/// The probe path: one row of the table, only the given columns.
+fn probe_path(columns: &Columns, select: &[&str]) -> String {
+    format!("{}{}&$top=1", columns.table, odata::select_query(select))
+}
+
+/// Fails when Dataverse definitely refuses the configured table, columns or credentials; an
+/// outage is only logged (writes wait for it to end).
+async fn check_dataverse(transport: &Transport, columns: &Columns) -> anyhow::Result<()> {
+    let mut select = vec![columns.alternate_key.as_str()];
+    select.extend(columns.select());
+    match transport.probe(&probe_path(columns, &select)).await {
+        Ok(()) => {
+            tracing::info!("Dataverse accepts the configured table and columns");
+            Ok(())
+        }
+        Err(ProbeError::Refused(message)) => anyhow::bail!(
+            "Dataverse refused the configuration (check dataverse.environment_url, dataverse.table, dataverse.alternate_key, dataverse.created_column, dataverse.deleted_column, mapping.*, and the app's credentials and privileges): {message}"
+        ),
+        Err(ProbeError::Unavailable(message)) => {
+            tracing::warn!(error = %message, "Dataverse is not reachable at start-up; writes will wait for it");
+            Ok(())
+        }
+    }
+}
+
+fn readiness_checks(
+    config: &SinkConfig,
+    tokens: &Arc<TokenSource>,
+    transport: &Arc<Transport>,
+    columns: &Columns,
+) -> Vec<(&'static str, Check)> {
+    let kafka = config.kafka.clone();
+    let tokens = tokens.clone();
+    let transport = transport.clone();
+    let path = probe_path(columns, &[columns.alternate_key.as_str()]);
+    vec![
+        (
+            "kafka",
+            ops::check(move || {
+                let kafka = kafka.clone();
+                async move { common::kafka::check_broker(&kafka, Duration::from_secs(2)).await }
+            }),
+        ),
+        (
+            "dataverse_token",
+            ops::check(move || {
+                let tokens = tokens.clone();
+                async move { tokens.token().await.map(|_| ()).map_err(|e| e.to_string()) }
+            }),
+        ),
+        (
+            "dataverse",
+            ops::check(move || {
+                let (transport, path) = (transport.clone(), path.clone());
+                async move { transport.probe(&path).await.map_err(|e| e.to_string()) }
+            }),
+        ),
+    ]
+}

@@ -1,0 +1,582 @@
+//! Talking to the Dataverse Web API, in three layers:
+//!
+//! * [`Transport`] sends one HTTP request: bearer token (renewed once on 401), a permit from the
+//!   shared [`Limiter`] (429 pauses every writer for `Retry-After`), `x-ms-dop-hint` fed back,
+//!   timeouts and connection failures as transient errors.
+//! * [`Dataverse`] takes single operations from many concurrent callers and coalesces them into
+//!   `$batch` requests of up to `batch_size` (waiting at most `linger` for company), with
+//!   `Prefer: odata.continue-on-error` and no change sets, so every operation succeeds or fails
+//!   on its own. Callers see one answer per operation, as if each had been sent alone.
+//! * [`ContactStore`] is what the write loop needs: read a contact by alternate key, and apply a
+//!   conditional write.
+
+use std::{sync::Arc, time::Duration};
+
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+
+use crate::{
+    apply::Contacts,
+    auth::{AuthError, TokenSource, describe},
+    batch::{self, PartRequest},
+    error::{WriteError, classify},
+    guard::{Precondition, Request, StoredRow, Write},
+    mapping::Columns,
+    metrics::Metrics,
+    odata,
+    rate::{Limiter, Permit},
+};
+
+/// HTTP methods the sink uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Patch,
+    Delete,
+}
+
+impl Method {
+    fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        }
+    }
+
+    fn reqwest(self) -> reqwest::Method {
+        match self {
+            Method::Get => reqwest::Method::GET,
+            Method::Patch => reqwest::Method::PATCH,
+            Method::Delete => reqwest::Method::DELETE,
+        }
+    }
+}
+
+/// One Web API operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    pub method: Method,
+    /// Path and query under the Web API base, e.g. `contacts(k='v')?$select=a`.
+    pub path: String,
+    /// Conditional headers and the like.
+    pub headers: Vec<(&'static str, String)>,
+    /// JSON body, for writes.
+    pub body: Option<String>,
+}
+
+/// The answer to one operation (a whole response, or one part of a batch response).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// Bounds on honouring `Retry-After`.
+#[derive(Debug, Clone, Copy)]
+pub struct ThrottlePolicy {
+    /// Pause when a 429 carries no usable `Retry-After`.
+    pub default_retry_after: Duration,
+    /// Longest pause honoured.
+    pub max_retry_after: Duration,
+}
+
+/// A raw HTTP answer.
+struct Raw {
+    status: u16,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+/// Sends HTTP requests to one environment.
+pub struct Transport {
+    http: reqwest::Client,
+    /// `https://org.crm.dynamics.com/api/data/v9.2/`.
+    api_base: String,
+    tokens: Arc<TokenSource>,
+    limiter: Arc<Limiter>,
+    metrics: Metrics,
+    throttle: ThrottlePolicy,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("api_base", &self.api_base)
+            .finish_non_exhaustive()
+    }
+}
+
+fn auth_error(e: AuthError) -> WriteError {
+    match e {
+        AuthError::Refused { .. } => WriteError::transient("token_refused", e.to_string()),
+        AuthError::Unavailable(_) => WriteError::transient("token_unavailable", e.to_string()),
+    }
+}
+
+fn transport_error(e: &reqwest::Error) -> WriteError {
+    let class = if e.is_timeout() { "timeout" } else { "connection" };
+    WriteError::transient(class, describe(e))
+}
+
+impl Transport {
+    pub fn new(
+        http: reqwest::Client,
+        api_base: String,
+        tokens: Arc<TokenSource>,
+        limiter: Arc<Limiter>,
+        metrics: Metrics,
+        throttle: ThrottlePolicy,
+    ) -> Self {
+        Transport {
+            http,
+            api_base,
+            tokens,
+            limiter,
+            metrics,
+            throttle,
+        }
+    }
+
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api_base)
+    }
+
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, url)
+            .header(ACCEPT, "application/json")
+            .header("OData-MaxVersion", "4.0")
+            .header("OData-Version", "4.0")
+    }
+
+    /// Sends one HTTP request built by `build`, carrying `operations` operations, while holding
+    /// `permit`. A 401 renews the token and resends once; a 429 pauses every writer and is
+    /// returned as a transient error.
+    async fn send(
+        &self,
+        permit: &Permit,
+        operations: usize,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Raw, WriteError> {
+        let mut renewed = false;
+        loop {
+            let token = self.tokens.token().await.map_err(auth_error)?;
+            // A pause may have begun since the permit was taken.
+            self.limiter.wait_unpaused().await;
+            let started = Instant::now();
+            let response = build()
+                .bearer_auth(&*token)
+                .send()
+                .await
+                .map_err(|e| transport_error(&e))?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response.bytes().await.map_err(|e| transport_error(&e))?.to_vec();
+            self.metrics.request(operations, started.elapsed().as_secs_f64());
+            if let Some(hint) = header(&headers, "x-ms-dop-hint").and_then(odata::dop_hint) {
+                self.limiter.hint(hint);
+            }
+            match status {
+                401 if !renewed => {
+                    tracing::info!("Dataverse refused the access token; renewing it");
+                    self.tokens.reject(&token);
+                    renewed = true;
+                }
+                429 => {
+                    let pause = self.retry_after(header(&headers, "retry-after"));
+                    self.record_throttle(pause, permit.epoch, &body);
+                    return Err(classify(429, &body, false));
+                }
+                _ => {
+                    if status < 500 {
+                        self.limiter.succeeded();
+                    }
+                    self.metrics.concurrency_limit(self.limiter.limit());
+                    return Ok(Raw {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+            }
+        }
+    }
+
+    fn retry_after(&self, value: Option<&str>) -> Duration {
+        value
+            .and_then(|v| odata::retry_after(v, time::OffsetDateTime::now_utc()))
+            .unwrap_or(self.throttle.default_retry_after)
+            .min(self.throttle.max_retry_after)
+    }
+
+    fn record_throttle(&self, pause: Duration, epoch: u64, body: &[u8]) {
+        let added = self.limiter.throttled(pause, epoch);
+        self.metrics.throttled(added.as_secs_f64());
+        self.metrics.concurrency_limit(self.limiter.limit());
+        let error = odata::error_body(body);
+        tracing::warn!(
+            retry_after_ms = pause.as_millis() as u64,
+            code = %error.code,
+            concurrency = self.limiter.limit(),
+            "Dataverse is throttling; every writer pauses"
+        );
+    }
+
+    /// Sends one operation on its own.
+    pub async fn single(&self, op: &Operation, permit: &Permit) -> Result<Answer, WriteError> {
+        let url = self.url(&op.path);
+        let raw = self
+            .send(permit, 1, || {
+                let mut request = self.request(op.method.reqwest(), &url);
+                for (name, value) in &op.headers {
+                    request = request.header(*name, value);
+                }
+                if let Some(body) = &op.body {
+                    request = request
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(body.clone());
+                }
+                request
+            })
+            .await?;
+        Ok(Answer {
+            status: raw.status,
+            body: raw.body,
+        })
+    }
+
+    /// Sends operations as one `$batch`. `None` when Dataverse refused the batch as a whole
+    /// (400, 413, other 4xx): the caller sends the operations one by one, so each gets its own
+    /// answer.
+    async fn batch(&self, ops: &[Operation], permit: &Permit) -> Option<Vec<Result<Answer, WriteError>>> {
+        let boundary = batch::new_boundary();
+        let parts: Vec<PartRequest> = ops
+            .iter()
+            .map(|op| {
+                let mut headers = vec![("Accept", "application/json".to_string())];
+                headers.extend(op.headers.iter().cloned());
+                PartRequest {
+                    method: op.method.as_str(),
+                    url: self.url(&op.path),
+                    headers,
+                    body: op.body.clone(),
+                }
+            })
+            .collect();
+        let body = batch::render(&boundary, &parts);
+        let url = self.url("$batch");
+        let content_type = format!("multipart/mixed; boundary={boundary}");
+        let raw = self
+            .send(permit, ops.len(), || {
+                self.request(reqwest::Method::POST, &url)
+                    .header(CONTENT_TYPE, &content_type)
+                    .header("Prefer", "odata.continue-on-error")
+                    .body(body.clone())
+            })
+            .await;
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(e) => return Some(vec![Err(e); ops.len()]),
+        };
+        if raw.status >= 500 || raw.status == 408 || raw.status == 409 {
+            let e = classify(raw.status, &raw.body, false);
+            return Some(vec![Err(e); ops.len()]);
+        }
+        if raw.status != 200 {
+            let error = odata::error_body(&raw.body);
+            tracing::warn!(status = raw.status, code = %error.code, error = %error.message, operations = ops.len(), "Dataverse refused the batch as a whole; sending its operations one by one");
+            return None;
+        }
+        let content_type = header(&raw.headers, "content-type").unwrap_or("");
+        let parts = match batch::parse(content_type, &raw.body) {
+            Ok(parts) => parts,
+            Err(e) => {
+                let e = WriteError::transient("bad_batch_response", e);
+                return Some(vec![Err(e); ops.len()]);
+            }
+        };
+        let mut answers: Vec<Option<Result<Answer, WriteError>>> = vec![None; ops.len()];
+        for (position, part) in parts.into_iter().enumerate() {
+            let index = part
+                .content_id
+                .as_deref()
+                .and_then(|id| id.trim().parse::<usize>().ok())
+                .and_then(|id| id.checked_sub(1))
+                .unwrap_or(position);
+            let Some(slot) = answers.get_mut(index) else {
+                continue;
+            };
+            *slot = Some(if part.status == 429 {
+                let pause = self.retry_after(part.header("retry-after"));
+                self.record_throttle(pause, permit.epoch, &part.body);
+                Err(classify(429, &part.body, false))
+            } else {
+                Ok(Answer {
+                    status: part.status,
+                    body: part.body,
+                })
+            });
+        }
+        Some(
+            answers
+                .into_iter()
+                .map(|a| {
+                    a.unwrap_or_else(|| {
+                        Err(WriteError::transient(
+                            "incomplete_batch",
+                            "the batch response has no answer for this operation",
+                        ))
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// A GET outside the limiter, for readiness and start-up checks: the answer status and the
+    /// Dataverse error, if any. While every writer is paused by a 429, Dataverse is known to be
+    /// reachable and nothing is sent.
+    pub async fn probe(&self, path: &str) -> Result<(), ProbeError> {
+        if self.limiter.is_paused() {
+            return Ok(());
+        }
+        let token = self.tokens.token().await.map_err(|e| match e {
+            AuthError::Refused { .. } => ProbeError::Refused(e.to_string()),
+            AuthError::Unavailable(_) => ProbeError::Unavailable(e.to_string()),
+        })?;
+        let url = self.url(path);
+        let response = self
+            .request(reqwest::Method::GET, &url)
+            .bearer_auth(&*token)
+            .send()
+            .await
+            .map_err(|e| ProbeError::Unavailable(describe(&e)))?;
+        let status = response.status().as_u16();
+        if status == 401 {
+            self.tokens.reject(&token);
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        match status {
+            200..=299 | 429 => Ok(()),
+            401 | 408 | 409 | 500..=599 => Err(ProbeError::Unavailable(
+                classify(status, &body, false).to_string(),
+            )),
+            _ => Err(ProbeError::Refused(classify(status, &body, false).to_string())),
+        }
+    }
+}
+
+/// Why a probe failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// Dataverse or the token endpoint refused: configuration (URL, table, columns, privileges,
+    /// credentials) is wrong.
+    #[error("{0}")]
+    Refused(String),
+    /// Could not be reached, or failed: may clear by itself.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+struct Queued {
+    op: Operation,
+    reply: oneshot::Sender<Result<Answer, WriteError>>,
+}
+
+/// Coalesces concurrent operations into `$batch` requests.
+pub struct Dataverse {
+    transport: Arc<Transport>,
+    /// `None` when `batch_size` is 1: every operation is sent on its own.
+    queue: Option<mpsc::UnboundedSender<Queued>>,
+}
+
+impl std::fmt::Debug for Dataverse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataverse")
+            .field("batching", &self.queue.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dataverse {
+    /// Starts the dispatcher (when batching); it stops when the last handle is dropped.
+    pub fn start(transport: Arc<Transport>, batch_size: usize, linger: Duration) -> Arc<Self> {
+        let queue = (batch_size > 1).then(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(dispatch(transport.clone(), rx, batch_size, linger));
+            tx
+        });
+        Arc::new(Dataverse { transport, queue })
+    }
+
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
+    /// Runs one operation (alone or in a batch with others) and returns its answer.
+    pub async fn execute(&self, op: Operation) -> Result<Answer, WriteError> {
+        let Some(queue) = &self.queue else {
+            let permit = self.transport.limiter.acquire().await;
+            return self.transport.single(&op, &permit).await;
+        };
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Queued { op, reply })
+            .map_err(|_| WriteError::transient("stopping", "the request dispatcher has stopped"))?;
+        answer.await.unwrap_or_else(|_| {
+            Err(WriteError::transient(
+                "stopping",
+                "the request dispatcher has stopped",
+            ))
+        })
+    }
+}
+
+/// Gathers queued operations into batches: up to `batch_size`, waiting at most `linger` after the
+/// first; then waits for a permit (while paused or at the concurrency limit, more operations
+/// gather) and tops the batch up before sending it on its own task.
+async fn dispatch(
+    transport: Arc<Transport>,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+    batch_size: usize,
+    linger: Duration,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut ops = vec![first];
+        let deadline = Instant::now() + linger;
+        while ops.len() < batch_size {
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(q)) => ops.push(q),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let permit = transport.limiter.acquire().await;
+        while ops.len() < batch_size {
+            match queue.try_recv() {
+                Ok(q) => ops.push(q),
+                Err(_) => break,
+            }
+        }
+        // Callers that gave up (revoked partition, shutdown) need no answer.
+        ops.retain(|q| !q.reply.is_closed());
+        if ops.is_empty() {
+            continue;
+        }
+        tokio::spawn(send(transport.clone(), ops, permit));
+    }
+}
+
+async fn send(transport: Arc<Transport>, ops: Vec<Queued>, permit: Permit) {
+    if let [only] = &ops[..] {
+        let answer = transport.single(&only.op, &permit).await;
+        drop(permit);
+        if let Some(q) = ops.into_iter().next() {
+            let _ = q.reply.send(answer);
+        }
+        return;
+    }
+    let operations: Vec<Operation> = ops.iter().map(|q| q.op.clone()).collect();
+    match transport.batch(&operations, &permit).await {
+        Some(answers) => {
+            drop(permit);
+            for (q, answer) in ops.into_iter().zip(answers) {
+                let _ = q.reply.send(answer);
+            }
+        }
+        None => {
+            drop(permit);
+            for q in ops {
+                let transport = transport.clone();
+                tokio::spawn(async move {
+                    let permit = transport.limiter.acquire().await;
+                    let answer = transport.single(&q.op, &permit).await;
+                    drop(permit);
+                    let _ = q.reply.send(answer);
+                });
+            }
+        }
+    }
+}
+
+/// Contacts by alternate key, read and written the way the guard needs.
+#[derive(Debug)]
+pub struct ContactStore {
+    dataverse: Arc<Dataverse>,
+    columns: Columns,
+    select: String,
+}
+
+impl ContactStore {
+    pub fn new(dataverse: Arc<Dataverse>, columns: Columns) -> Self {
+        let select = odata::select_query(&columns.select());
+        ContactStore {
+            dataverse,
+            columns,
+            select,
+        }
+    }
+
+    fn row_path(&self, customer_id: &str) -> String {
+        odata::key_path(&self.columns.table, &self.columns.alternate_key, customer_id)
+    }
+}
+
+impl Contacts for ContactStore {
+    async fn read(&self, customer_id: &str) -> Result<Option<StoredRow>, WriteError> {
+        let op = Operation {
+            method: Method::Get,
+            path: format!("{}{}", self.row_path(customer_id), self.select),
+            headers: Vec::new(),
+            body: None,
+        };
+        let answer = self.dataverse.execute(op).await?;
+        match answer.status {
+            200 => {
+                let body: serde_json::Value = serde_json::from_slice(&answer.body).map_err(|e| {
+                    WriteError::transient("bad_response", format!("the contact is not JSON: {e}"))
+                })?;
+                StoredRow::from_json(&self.columns, &body)
+                    .map(Some)
+                    .ok_or_else(|| WriteError::transient("bad_response", "the contact has no @odata.etag"))
+            }
+            404 => Ok(None),
+            status => Err(classify(status, &answer.body, false)),
+        }
+    }
+
+    async fn write(&self, customer_id: &str, write: &Write) -> Result<(), WriteError> {
+        let condition = match &write.precondition {
+            Precondition::Matches(etag) => ("If-Match", etag.clone()),
+            Precondition::Absent => ("If-None-Match", "*".to_string()),
+        };
+        let (method, body) = match &write.request {
+            Request::Patch(body) => (
+                Method::Patch,
+                Some(serde_json::Value::Object(body.clone()).to_string()),
+            ),
+            Request::Delete => (Method::Delete, None),
+        };
+        let op = Operation {
+            method,
+            path: self.row_path(customer_id),
+            headers: vec![condition],
+            body,
+        };
+        let answer = self.dataverse.execute(op).await?;
+        match answer.status {
+            200..=299 => Ok(()),
+            status => Err(classify(status, &answer.body, true)),
+        }
+    }
+}

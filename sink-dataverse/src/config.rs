@@ -1,0 +1,713 @@
+//! The sink's settings, with their documented defaults and the checks that reject combinations
+//! that parse but cannot work. Loaded by `common::config::load` (file, `SINK_*` variables,
+//! `--set` flags); the README has the full table.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use common::config::{ConfigError, HumanDuration, KafkaSettings, RegistrySettings, Secret, Settings};
+use common::consume::LoopSettings;
+use common::telemetry::TelemetrySettings;
+use serde::{Deserialize, Serialize};
+
+/// Dataverse refuses more than 52 concurrent requests per user and web server
+/// (`0x80072326`); the sink never plans to exceed it.
+pub const MAX_CONCURRENCY_LIMIT: usize = 52;
+
+/// Dataverse accepts at most 1000 operations in one `$batch`.
+pub const MAX_BATCH_OPERATIONS: usize = 1000;
+
+/// Everything the sink can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Address of `/healthz`, `/readyz` and `/metrics` (`SINK_LISTEN`). Default `127.0.0.1:9102`.
+    pub listen: SocketAddr,
+    /// The broker (`KAFKA_BOOTSTRAP_SERVERS`, `SINK_KAFKA__…`).
+    pub kafka: KafkaSettings,
+    /// The schema registry (`SCHEMA_REGISTRY_URL`, `SINK_REGISTRY__…`).
+    pub registry: RegistrySettings,
+    /// Logs and traces (`RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `SINK_TELEMETRY__…`).
+    pub telemetry: TelemetrySettings,
+    /// Consumer group. Default `sink-dataverse`.
+    pub group: String,
+    /// Topic of normalised customer changes. Default `customers.normalized`.
+    pub input_topic: String,
+    /// Where records Dataverse refuses go. Default `<input_topic>.dlq`.
+    pub dlq_topic: Option<String>,
+    /// Create the dead-letter topic at start-up when it does not exist. Default `true`.
+    pub create_dlq_topic: bool,
+    /// Partitions of a dead-letter topic created at start-up. Default 1.
+    pub dlq_partitions: i32,
+    /// Where and how to write.
+    pub dataverse: DataverseSettings,
+    /// Customer field → contact column. An empty column name leaves the field unwritten.
+    pub mapping: Mapping,
+    /// Concurrent HTTP requests to Dataverse, at most (1–52). The sink halves this on a 429 and
+    /// ramps back up; `x-ms-dop-hint` lowers it further when Dataverse sends one. Default 8.
+    pub max_concurrency: usize,
+    /// Operations per `$batch` request (1–1000); 1 sends every operation as its own request.
+    /// Default 50.
+    pub batch_size: usize,
+    /// How long an operation may wait for others to share its `$batch`. Default `5ms`.
+    pub linger: HumanDuration,
+    /// Bound on one HTTP request to Dataverse or the token endpoint. Default `30s`.
+    pub request_timeout: HumanDuration,
+    /// Retry and throttling behaviour.
+    pub retry: RetrySettings,
+    /// Consumer loop tuning.
+    pub consumer: ConsumerSettings,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9102)),
+            kafka: KafkaSettings::default(),
+            registry: RegistrySettings::default(),
+            telemetry: TelemetrySettings::default(),
+            group: "sink-dataverse".into(),
+            input_topic: schemas::topics::CUSTOMERS_NORMALIZED.into(),
+            dlq_topic: None,
+            create_dlq_topic: true,
+            dlq_partitions: 1,
+            dataverse: DataverseSettings::default(),
+            mapping: Mapping::default(),
+            max_concurrency: 8,
+            batch_size: 50,
+            linger: HumanDuration::millis(5),
+            request_timeout: HumanDuration::secs(30),
+            retry: RetrySettings::default(),
+            consumer: ConsumerSettings::default(),
+        }
+    }
+}
+
+/// How a `customer.deleted` reaches Dataverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteMode {
+    /// Keep the contact as a tombstone: `statecode` 1 (inactive), `statuscode` 2, the deleted
+    /// column `true` and the event time, so a late, older update cannot bring it back. A delete
+    /// for a contact that does not exist yet leaves an inactive tombstone row. The default.
+    #[default]
+    Deactivate,
+    /// Remove the row (`DELETE`; 404 counts as done). Leaves nothing behind, so a late, older
+    /// `customer.updated` arriving after the delete creates the contact again.
+    Delete,
+}
+
+/// Where Dataverse is, how to authenticate, and which table and columns hold the contacts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataverseSettings {
+    /// Environment URL, e.g. `https://org.crm.dynamics.com`. Required.
+    pub environment_url: String,
+    /// Entra ID tenant (directory) id. Required unless `token_url` is set.
+    pub tenant_id: String,
+    /// Application (client) id of the app registration. Required.
+    pub client_id: String,
+    /// Client secret of the app registration (`SINK_DATAVERSE__CLIENT_SECRET`). Required; never
+    /// printed or logged.
+    pub client_secret: Secret,
+    /// OAuth 2.0 token endpoint. Default
+    /// `https://login.microsoftonline.com/<tenant_id>/oauth2/v2.0/token`; set it for sovereign
+    /// clouds or the emulator.
+    pub token_url: Option<String>,
+    /// Scope asked for. Default `<environment_url>/.default`.
+    pub scope: Option<String>,
+    /// Web API path under the environment URL. Default `/api/data/v9.2`.
+    pub api_path: String,
+    /// Entity set written. Default `contacts`.
+    pub table: String,
+    /// Alternate key column holding the Stripe customer id. Default `new_stripecustomerid`.
+    pub alternate_key: String,
+    /// Whole-number column holding the source event's `created` (unix seconds): the staleness
+    /// guard. Default `new_stripeeventcreated`.
+    pub created_column: String,
+    /// Yes/No column set on deletion (the tombstone). Default `new_stripedeleted`.
+    pub deleted_column: String,
+    /// `deactivate` (default) or `delete`.
+    pub delete_mode: DeleteMode,
+}
+
+impl Default for DataverseSettings {
+    fn default() -> Self {
+        DataverseSettings {
+            environment_url: String::new(),
+            tenant_id: String::new(),
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            token_url: None,
+            scope: None,
+            api_path: "/api/data/v9.2".into(),
+            table: "contacts".into(),
+            alternate_key: "new_stripecustomerid".into(),
+            created_column: "new_stripeeventcreated".into(),
+            deleted_column: "new_stripedeleted".into(),
+            delete_mode: DeleteMode::Deactivate,
+        }
+    }
+}
+
+impl DataverseSettings {
+    /// The environment URL without a trailing slash.
+    pub fn environment(&self) -> &str {
+        self.environment_url.trim_end_matches('/')
+    }
+
+    /// The token endpoint in effect.
+    pub fn token_endpoint(&self) -> String {
+        match &self.token_url {
+            Some(url) if !url.trim().is_empty() => url.trim().to_string(),
+            _ => format!(
+                "https://login.microsoftonline.com/{}/oauth2/v2.0/token",
+                self.tenant_id.trim()
+            ),
+        }
+    }
+
+    /// The scope in effect.
+    pub fn scope(&self) -> String {
+        match &self.scope {
+            Some(scope) if !scope.trim().is_empty() => scope.trim().to_string(),
+            _ => format!("{}/.default", self.environment()),
+        }
+    }
+
+    /// `https://org.crm.dynamics.com/api/data/v9.2/`: the base every request path is joined to.
+    pub fn api_base(&self) -> String {
+        format!("{}/{}/", self.environment(), self.api_path.trim_matches('/'))
+    }
+}
+
+/// Customer field → contact column. Every field listed is written on each upsert, `null` when
+/// the customer has no value, so the contact always mirrors the latest Stripe state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mapping {
+    /// Default `emailaddress1`.
+    pub email: String,
+    /// Default `firstname`.
+    pub first_name: String,
+    /// Default `lastname`.
+    pub last_name: String,
+    /// Default empty (Dataverse computes `fullname` from first and last name).
+    pub full_name: String,
+    /// Default `telephone1`.
+    pub phone: String,
+    /// Default `description`.
+    pub description: String,
+    /// Default `address1_line1`.
+    pub address_line1: String,
+    /// Default `address1_line2`.
+    pub address_line2: String,
+    /// Default `address1_city`.
+    pub address_city: String,
+    /// Default `address1_stateorprovince`.
+    pub address_state: String,
+    /// Default `address1_postalcode`.
+    pub address_postal_code: String,
+    /// Default empty (the country name is written instead).
+    pub address_country_code: String,
+    /// Default `address1_country`.
+    pub address_country_name: String,
+    /// Stripe metadata key → column, e.g. `{ segment = "new_segment" }`. Default none.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Default for Mapping {
+    fn default() -> Self {
+        Mapping {
+            email: "emailaddress1".into(),
+            first_name: "firstname".into(),
+            last_name: "lastname".into(),
+            full_name: String::new(),
+            phone: "telephone1".into(),
+            description: "description".into(),
+            address_line1: "address1_line1".into(),
+            address_line2: "address1_line2".into(),
+            address_city: "address1_city".into(),
+            address_state: "address1_stateorprovince".into(),
+            address_postal_code: "address1_postalcode".into(),
+            address_country_code: String::new(),
+            address_country_name: "address1_country".into(),
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+/// Backoff for transient failures and how throttling is handled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySettings {
+    /// First delay after a transient failure. Default `200ms`.
+    pub initial_backoff: HumanDuration,
+    /// Longest delay between retries. Default `30s`.
+    pub max_backoff: HumanDuration,
+    /// Successful requests at the current concurrency before it grows by one, after a 429 cut
+    /// it. Default 20.
+    pub ramp_up_after: u32,
+    /// Pause when a 429 carries no usable `Retry-After`. Default `5s`.
+    pub default_retry_after: HumanDuration,
+    /// Longest `Retry-After` honoured; longer values are cut to this. Default `300s` (the
+    /// service protection window).
+    pub max_retry_after: HumanDuration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            initial_backoff: HumanDuration::millis(200),
+            max_backoff: HumanDuration::secs(30),
+            ramp_up_after: 20,
+            default_retry_after: HumanDuration::secs(5),
+            max_retry_after: HumanDuration::secs(300),
+        }
+    }
+}
+
+/// The consumer loop's tuning (see `common::consume::LoopSettings`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Most records of one partition handled together. Default 100.
+    pub max_batch: usize,
+    /// Records queued for one partition before it is paused. Default 1000.
+    pub max_queued_per_partition: usize,
+    /// How often finished offsets are handed to the background commit (which runs every second;
+    /// `kafka.properties."auto.commit.interval.ms"` changes that). Default `200ms`.
+    pub store_interval: HumanDuration,
+    /// On shutdown, how long in-flight writes may finish before they are abandoned. Default `10s`.
+    pub shutdown_grace: HumanDuration,
+    /// How often consumer lag is measured for `/metrics`. Default `10s`.
+    pub lag_interval: HumanDuration,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        let defaults = LoopSettings::default();
+        ConsumerSettings {
+            max_batch: defaults.max_batch,
+            max_queued_per_partition: defaults.max_queued_per_partition,
+            store_interval: HumanDuration(defaults.store_interval),
+            shutdown_grace: HumanDuration(defaults.shutdown_grace),
+            lag_interval: HumanDuration::secs(10),
+        }
+    }
+}
+
+impl ConsumerSettings {
+    pub fn loop_settings(&self) -> LoopSettings {
+        LoopSettings {
+            max_batch: self.max_batch,
+            max_queued_per_partition: self.max_queued_per_partition,
+            store_interval: self.store_interval.into(),
+            shutdown_grace: self.shutdown_grace.into(),
+        }
+    }
+}
+
+impl SinkConfig {
+    /// The dead-letter topic in effect.
+    pub fn dlq_topic(&self) -> String {
+        match &self.dlq_topic {
+            Some(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => schemas::topics::dlq_for(&self.input_topic),
+        }
+    }
+}
+
+impl Settings for SinkConfig {
+    const ENV_PREFIX: &'static str = "SINK_";
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate("kafka")?;
+        self.registry.validate("registry")?;
+        for (name, value) in [("group", &self.group), ("input_topic", &self.input_topic)] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::invalid(name, "must not be empty"));
+            }
+        }
+        if self.dlq_topic() == self.input_topic {
+            return Err(ConfigError::invalid("dlq_topic", "must differ from input_topic"));
+        }
+        if self.dlq_partitions < 1 {
+            return Err(ConfigError::invalid("dlq_partitions", "must be at least 1"));
+        }
+        if !(1..=MAX_CONCURRENCY_LIMIT).contains(&self.max_concurrency) {
+            return Err(ConfigError::invalid(
+                "max_concurrency",
+                format!(
+                    "{} is outside 1–{MAX_CONCURRENCY_LIMIT} (Dataverse refuses more than {MAX_CONCURRENCY_LIMIT} concurrent requests)",
+                    self.max_concurrency
+                ),
+            ));
+        }
+        if !(1..=MAX_BATCH_OPERATIONS).contains(&self.batch_size) {
+            return Err(ConfigError::invalid(
+                "batch_size",
+                format!(
+                    "{} is outside 1–{MAX_BATCH_OPERATIONS} (Dataverse's $batch limit)",
+                    self.batch_size
+                ),
+            ));
+        }
+        if self.linger.0 > Duration::from_secs(10) {
+            return Err(ConfigError::invalid("linger", "must be at most 10s"));
+        }
+        if self.request_timeout.0 < Duration::from_millis(100) {
+            return Err(ConfigError::invalid("request_timeout", "must be at least 100ms"));
+        }
+        let r = &self.retry;
+        if r.initial_backoff.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "retry.initial_backoff",
+                "must be above zero",
+            ));
+        }
+        if r.max_backoff < r.initial_backoff {
+            return Err(ConfigError::invalid(
+                "retry.max_backoff",
+                "must be at least retry.initial_backoff",
+            ));
+        }
+        if r.ramp_up_after == 0 {
+            return Err(ConfigError::invalid("retry.ramp_up_after", "must be at least 1"));
+        }
+        if r.default_retry_after.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "retry.default_retry_after",
+                "must be above zero",
+            ));
+        }
+        if r.max_retry_after < r.default_retry_after {
+            return Err(ConfigError::invalid(
+                "retry.max_retry_after",
+                "must be at least retry.default_retry_after",
+            ));
+        }
+        let c = &self.consumer;
+        if c.max_batch == 0 {
+            return Err(ConfigError::invalid("consumer.max_batch", "must be at least 1"));
+        }
+        if c.max_queued_per_partition < c.max_batch {
+            return Err(ConfigError::invalid(
+                "consumer.max_queued_per_partition",
+                "must be at least consumer.max_batch",
+            ));
+        }
+        if c.store_interval.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "consumer.store_interval",
+                "must be above zero",
+            ));
+        }
+        if c.lag_interval.0 < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "consumer.lag_interval",
+                "must be at least 100ms",
+            ));
+        }
+        self.validate_dataverse()?;
+        self.validate_columns()
+    }
+}
+
+impl SinkConfig {
+    fn validate_dataverse(&self) -> Result<(), ConfigError> {
+        let d = &self.dataverse;
+        let url = d.environment_url.trim();
+        if url.is_empty() {
+            return Err(ConfigError::invalid(
+                "dataverse.environment_url",
+                "required, e.g. https://org.crm.dynamics.com",
+            ));
+        }
+        if !is_http_url(url) {
+            return Err(ConfigError::invalid(
+                "dataverse.environment_url",
+                format!("`{url}` is not an http(s) URL"),
+            ));
+        }
+        if d.client_id.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "dataverse.client_id",
+                "required: the application (client) id of the app registration",
+            ));
+        }
+        if d.client_secret.is_empty() {
+            return Err(ConfigError::invalid(
+                "dataverse.client_secret",
+                "required (SINK_DATAVERSE__CLIENT_SECRET)",
+            ));
+        }
+        match &d.token_url {
+            Some(token_url) if !token_url.trim().is_empty() => {
+                if !is_http_url(token_url.trim()) {
+                    return Err(ConfigError::invalid(
+                        "dataverse.token_url",
+                        format!("`{token_url}` is not an http(s) URL"),
+                    ));
+                }
+            }
+            _ => {
+                if d.tenant_id.trim().is_empty() {
+                    return Err(ConfigError::invalid(
+                        "dataverse.tenant_id",
+                        "required unless dataverse.token_url is set",
+                    ));
+                }
+                if !d
+                    .tenant_id
+                    .trim()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+                {
+                    return Err(ConfigError::invalid(
+                        "dataverse.tenant_id",
+                        "must be a tenant id (GUID) or domain name",
+                    ));
+                }
+            }
+        }
+        if !d.scope().ends_with("/.default") {
+            return Err(ConfigError::invalid(
+                "dataverse.scope",
+                "client credentials need a scope ending in /.default",
+            ));
+        }
+        if !d.api_path.starts_with('/') || d.api_path.contains(['?', '#', ' ']) {
+            return Err(ConfigError::invalid(
+                "dataverse.api_path",
+                "must be a path such as /api/data/v9.2",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_columns(&self) -> Result<(), ConfigError> {
+        let d = &self.dataverse;
+        let mut reserved: BTreeMap<&str, &str> = BTreeMap::new();
+        for (setting, name) in [
+            ("dataverse.table", d.table.as_str()),
+            ("dataverse.alternate_key", d.alternate_key.as_str()),
+            ("dataverse.created_column", d.created_column.as_str()),
+            ("dataverse.deleted_column", d.deleted_column.as_str()),
+        ] {
+            if !is_identifier(name) {
+                return Err(ConfigError::invalid(
+                    setting,
+                    format!("`{name}` is not a Dataverse logical name (letters, digits, _)"),
+                ));
+            }
+            if setting != "dataverse.table"
+                && let Some(other) = reserved.insert(name, setting)
+            {
+                return Err(ConfigError::invalid(
+                    setting,
+                    format!("`{name}` is already used by {other}"),
+                ));
+            }
+        }
+        reserved.insert("statecode", "the deactivation");
+        reserved.insert("statuscode", "the deactivation");
+        let mut used: BTreeMap<String, String> = BTreeMap::new();
+        for (field, column) in self.mapping.columns() {
+            if column.is_empty() {
+                continue;
+            }
+            let setting = format!("mapping.{field}");
+            if !is_identifier(&column) {
+                return Err(ConfigError::invalid(
+                    setting,
+                    format!("`{column}` is not a Dataverse logical name (letters, digits, _)"),
+                ));
+            }
+            if let Some(other) = reserved.get(column.as_str()) {
+                return Err(ConfigError::invalid(
+                    setting,
+                    format!("`{column}` is reserved for {other}"),
+                ));
+            }
+            if let Some(other) = used.insert(column.clone(), setting.clone()) {
+                return Err(ConfigError::invalid(
+                    setting,
+                    format!("`{column}` is already written by {other}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Mapping {
+    /// `(field name, column)` for every mapping entry, metadata as `metadata.<key>`.
+    pub fn columns(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = [
+            ("email", &self.email),
+            ("first_name", &self.first_name),
+            ("last_name", &self.last_name),
+            ("full_name", &self.full_name),
+            ("phone", &self.phone),
+            ("description", &self.description),
+            ("address_line1", &self.address_line1),
+            ("address_line2", &self.address_line2),
+            ("address_city", &self.address_city),
+            ("address_state", &self.address_state),
+            ("address_postal_code", &self.address_postal_code),
+            ("address_country_code", &self.address_country_code),
+            ("address_country_name", &self.address_country_name),
+        ]
+        .into_iter()
+        .map(|(f, c)| (f.to_string(), c.trim().to_string()))
+        .collect();
+        for (key, column) in &self.metadata {
+            out.push((format!("metadata.{key}"), column.trim().to_string()));
+        }
+        out
+    }
+}
+
+fn is_http_url(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://")) && !url.contains(char::is_whitespace)
+}
+
+/// A Dataverse logical name: what may appear unquoted in a URL and a JSON body.
+pub fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::config::{ConfigArgs, load_from};
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const REQUIRED: &[(&str, &str)] = &[
+        ("SINK_DATAVERSE__ENVIRONMENT_URL", "https://org.crm.dynamics.com/"),
+        (
+            "SINK_DATAVERSE__TENANT_ID",
+            "00000000-0000-0000-0000-0000000000aa",
+        ),
+        ("SINK_DATAVERSE__CLIENT_ID", "app"),
+        ("SINK_DATAVERSE__CLIENT_SECRET", "s3cr3t-value"),
+    ];
+
+    fn load(extra: &[(&str, &str)]) -> Result<SinkConfig, ConfigError> {
+        let mut vars = env(REQUIRED);
+        vars.extend(env(extra));
+        load_from(&ConfigArgs::default(), vars)
+    }
+
+    #[test]
+    fn defaults_with_the_required_settings() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9102");
+        assert_eq!(c.group, "sink-dataverse");
+        assert_eq!(c.input_topic, "customers.normalized");
+        assert_eq!(c.dlq_topic(), "customers.normalized.dlq");
+        assert_eq!(c.max_concurrency, 8);
+        let d = &c.dataverse;
+        assert_eq!(
+            d.token_endpoint(),
+            "https://login.microsoftonline.com/00000000-0000-0000-0000-0000000000aa/oauth2/v2.0/token"
+        );
+        assert_eq!(d.scope(), "https://org.crm.dynamics.com/.default");
+        assert_eq!(d.api_base(), "https://org.crm.dynamics.com/api/data/v9.2/");
+        assert_eq!(d.alternate_key, "new_stripecustomerid");
+        assert_eq!(d.delete_mode, DeleteMode::Deactivate);
+        assert_eq!(c.mapping.email, "emailaddress1");
+        assert_eq!(c.mapping.address_country_name, "address1_country");
+    }
+
+    #[test]
+    fn every_setting_has_an_environment_name() {
+        let c = load(&[
+            ("SINK_MAX_CONCURRENCY", "52"),
+            ("SINK_BATCH_SIZE", "1"),
+            ("SINK_LINGER", "0ms"),
+            ("SINK_DATAVERSE__DELETE_MODE", "delete"),
+            (
+                "SINK_DATAVERSE__TOKEN_URL",
+                "http://127.0.0.1:1/t/oauth2/v2.0/token",
+            ),
+            ("SINK_MAPPING__PHONE", "mobilephone"),
+            ("SINK_MAPPING__METADATA__SEGMENT", "new_segment"),
+            ("SINK_RETRY__MAX_BACKOFF", "2s"),
+            ("SINK_CONSUMER__SHUTDOWN_GRACE", "1s"),
+        ])
+        .unwrap();
+        assert_eq!(c.max_concurrency, 52);
+        assert_eq!(c.batch_size, 1);
+        assert_eq!(c.dataverse.delete_mode, DeleteMode::Delete);
+        assert_eq!(
+            c.dataverse.token_endpoint(),
+            "http://127.0.0.1:1/t/oauth2/v2.0/token"
+        );
+        assert_eq!(c.mapping.phone, "mobilephone");
+        assert_eq!(c.mapping.metadata["segment"], "new_segment");
+        assert_eq!(c.retry.max_backoff, HumanDuration::secs(2));
+        assert_eq!(c.consumer.loop_settings().shutdown_grace, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        for (vars, setting) in [
+            (vec![("SINK_MAX_CONCURRENCY", "53")], "max_concurrency"),
+            (vec![("SINK_MAX_CONCURRENCY", "0")], "max_concurrency"),
+            (vec![("SINK_BATCH_SIZE", "1001")], "batch_size"),
+            (
+                vec![("SINK_DATAVERSE__ENVIRONMENT_URL", "")],
+                "dataverse.environment_url",
+            ),
+            (
+                vec![("SINK_DATAVERSE__ENVIRONMENT_URL", "org.crm.dynamics.com")],
+                "dataverse.environment_url",
+            ),
+            (
+                vec![("SINK_DATAVERSE__CLIENT_SECRET", "")],
+                "dataverse.client_secret",
+            ),
+            (vec![("SINK_DATAVERSE__TENANT_ID", "")], "dataverse.tenant_id"),
+            (vec![("SINK_DATAVERSE__SCOPE", "https://x")], "dataverse.scope"),
+            (
+                vec![("SINK_DATAVERSE__ALTERNATE_KEY", "new-key")],
+                "dataverse.alternate_key",
+            ),
+            (
+                vec![("SINK_MAPPING__EMAIL", "new_stripecustomerid")],
+                "mapping.email",
+            ),
+            (vec![("SINK_MAPPING__PHONE", "firstname")], "mapping.phone"),
+            (vec![("SINK_MAPPING__PHONE", "statecode")], "mapping.phone"),
+            (vec![("SINK_RETRY__MAX_BACKOFF", "10ms")], "retry.max_backoff"),
+            (vec![("SINK_DLQ_TOPIC", "customers.normalized")], "dlq_topic"),
+            (
+                vec![("SINK_DATAVERSE__DELETE_MODE", "purge")],
+                "dataverse.delete_mode",
+            ),
+            (vec![("SINK_MAX_CONCURENCY", "3")], "max_concurency"),
+        ] {
+            let err = load(&vars).expect_err(setting).to_string();
+            assert!(err.contains(setting), "{vars:?}: `{err}` does not name {setting}");
+        }
+    }
+
+    #[test]
+    fn the_secret_never_prints() {
+        let c = load(&[]).unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+        let rendered = common::config::render(&c);
+        assert!(!rendered.contains("s3cr3t-value"), "{rendered}");
+        assert!(rendered.contains("client_secret = \"********\""), "{rendered}");
+    }
+}

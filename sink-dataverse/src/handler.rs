@@ -1,0 +1,246 @@
+//! The sink's `BatchHandler` for the shared consumer loop: decode each record, then apply the
+//! changes of one partition's batch — one customer's changes strictly in partition order,
+//! different customers concurrently — and dead-letter what Dataverse refuses. Returns only when
+//! every record is finished (written, skipped by the guard, or dead-lettered), which is what lets
+//! the loop commit.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use common::{
+    consume::{Abandoned, BatchHandler, Record},
+    dlq::{DeadLetters, Failure},
+    retry::Backoff,
+};
+use rdkafka::message::Header;
+use schemas::{Codec, Customer};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::{
+    apply::{Contacts, Finished, apply},
+    error::WriteError,
+    guard::Outcome,
+    mapping::Columns,
+    metrics::Metrics,
+};
+
+/// Headers a dead letter from this stage carries besides `common::dlq`'s.
+pub mod headers {
+    /// The HTTP status Dataverse answered.
+    pub const DATAVERSE_STATUS: &str = "dlq.dataverse.status";
+    /// Dataverse's error code, e.g. `0x80044331`.
+    pub const DATAVERSE_CODE: &str = "dlq.dataverse.code";
+    /// Dataverse's error message.
+    pub const DATAVERSE_MESSAGE: &str = "dlq.dataverse.message";
+}
+
+/// The stage name in dead-letter headers.
+pub const STAGE: &str = "sink-dataverse";
+
+/// Everything a batch needs, shared by every partition's worker.
+pub struct SinkHandler<C> {
+    pub codec: Codec,
+    pub contacts: Arc<C>,
+    pub columns: Columns,
+    pub dead_letters: DeadLetters,
+    pub dlq_topic: String,
+    pub metrics: Metrics,
+    /// Initial and maximum delay between retries of a transient failure.
+    pub backoff: (Duration, Duration),
+}
+
+impl<C> SinkHandler<C> {
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.backoff.0, self.backoff.1)
+    }
+}
+
+/// A dead letter's reason.
+struct Reason {
+    class: &'static str,
+    message: String,
+    attempts: u32,
+    dataverse: Option<(u16, String, String)>,
+}
+
+impl<C: Contacts + 'static> BatchHandler for SinkHandler<C> {
+    async fn handle(&self, batch: Vec<Record>, cancel: &CancellationToken) -> Result<(), Abandoned> {
+        // Decode in offset order; undecodable records are dead-lettered on the way.
+        let mut groups: Vec<Vec<(Record, Customer)>> = Vec::new();
+        let mut by_customer: HashMap<String, usize> = HashMap::new();
+        for record in batch {
+            let Some(change) = self.decode(&record, cancel).await? else {
+                continue;
+            };
+            // Dataverse compares text keys without regard to case, so ids that differ only in
+            // case are one contact and must stay in order too.
+            let key = change.customer_id.to_lowercase();
+            let index = *by_customer.entry(key).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[index].push((record, change));
+        }
+        let results = futures::future::join_all(groups.iter().map(|changes| async move {
+            for (record, change) in changes {
+                self.process(record, change, cancel).await?;
+            }
+            Ok::<_, Abandoned>(())
+        }))
+        .await;
+        results.into_iter().collect()
+    }
+}
+
+impl<C: Contacts> SinkHandler<C> {
+    /// The record's change, or `None` when it was dead-lettered. Registry outages are retried.
+    async fn decode(
+        &self,
+        record: &Record,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Customer>, Abandoned> {
+        let Some(payload) = &record.payload else {
+            let reason = Reason {
+                class: "missing_payload",
+                message: "the record has no value".into(),
+                attempts: 1,
+                dataverse: None,
+            };
+            self.dead_letter(record, reason, cancel).await?;
+            return Ok(None);
+        };
+        let mut backoff = self.backoff();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let error = match self.codec.decode::<Customer>(payload).await {
+                Ok(change) if change.customer_id.trim().is_empty() => {
+                    let reason = Reason {
+                        class: "invalid_record",
+                        message: "the change has an empty customer_id".into(),
+                        attempts,
+                        dataverse: None,
+                    };
+                    self.dead_letter(record, reason, cancel).await?;
+                    return Ok(None);
+                }
+                Ok(change) => return Ok(Some(change)),
+                Err(e) if e.is_transient() => e,
+                Err(e) => {
+                    let reason = Reason {
+                        class: e.class(),
+                        message: e.to_string(),
+                        attempts,
+                        dataverse: None,
+                    };
+                    self.dead_letter(record, reason, cancel).await?;
+                    return Ok(None);
+                }
+            };
+            self.metrics.retried(error.class());
+            let delay = backoff.next_delay();
+            tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, error = %error, retry_in = ?delay, "decoding failed; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = cancel.cancelled() => return Err(Abandoned),
+            }
+        }
+    }
+
+    /// Applies one change until it is finished.
+    async fn process(
+        &self,
+        record: &Record,
+        change: &Customer,
+        cancel: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let span = tracing::info_span!(
+            "change",
+            topic = %record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            customer_id = %change.customer_id,
+            event_id = %change.source_event_id,
+            event_type = %change.source_event_type,
+            outcome = tracing::field::Empty,
+        );
+        // Only fails when tracing is not exported; then there is no trace to join.
+        let _ = span.set_parent(common::kafka::context_from_headers(record.headers.as_ref()));
+        async {
+            let started = Instant::now();
+            let finished = apply(
+                &*self.contacts,
+                &self.columns,
+                change,
+                &self.metrics,
+                self.backoff(),
+                cancel,
+            )
+            .await?;
+            let outcome = match finished {
+                Finished::Done(outcome) => outcome,
+                Finished::Refused { error, attempts } => {
+                    let (class, dataverse) = match &error {
+                        WriteError::Rejected {
+                            status,
+                            code,
+                            message,
+                        } => (error.class(), Some((*status, code.clone(), message.clone()))),
+                        other => (other.class(), None),
+                    };
+                    let reason = Reason {
+                        class,
+                        message: error.to_string(),
+                        attempts,
+                        dataverse,
+                    };
+                    self.dead_letter(record, reason, cancel).await?;
+                    Outcome::DeadLettered
+                }
+            };
+            tracing::Span::current().record("outcome", outcome.as_str());
+            tracing::debug!("change finished");
+            if outcome != Outcome::DeadLettered {
+                self.metrics.finished(outcome, started.elapsed().as_secs_f64());
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn dead_letter(
+        &self,
+        record: &Record,
+        reason: Reason,
+        cancel: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let mut record = record.clone();
+        if let Some((status, code, message)) = &reason.dataverse {
+            let mut h = record.headers.take().unwrap_or_default();
+            for (key, value) in [
+                (headers::DATAVERSE_STATUS, status.to_string()),
+                (headers::DATAVERSE_CODE, code.clone()),
+                (headers::DATAVERSE_MESSAGE, message.clone()),
+            ] {
+                h = h.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            record.headers = Some(h);
+        }
+        let failure = Failure {
+            class: reason.class.to_string(),
+            message: reason.message,
+            attempts: reason.attempts,
+        };
+        self.dead_letters
+            .send(&self.dlq_topic, &record, &failure, cancel)
+            .await?;
+        self.metrics.dead_lettered(reason.class);
+        Ok(())
+    }
+}

@@ -1,0 +1,224 @@
+//! The sink's Prometheus metrics, served at `/metrics` by `common::ops`. Names follow
+//! `sink_dataverse_<thing>_<unit>`; label values come from fixed sets (outcomes, error classes)
+//! or the consumer's own assignment (topic, partition), never from ids or messages.
+
+use std::sync::{Arc, atomic::AtomicU64};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+use crate::guard::Outcome;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub topic: String,
+    pub partition: i32,
+}
+
+fn request_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ])
+}
+
+/// Handles to every metric; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    writes: Family<OutcomeLabel, Counter>,
+    dead_lettered: Family<ClassLabel, Counter>,
+    retries: Family<ClassLabel, Counter>,
+    conflicts: Counter,
+    throttled: Counter,
+    throttled_seconds: Counter<f64, AtomicU64>,
+    batch_size: Histogram,
+    write_seconds: Histogram,
+    request_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
+    token_renewals: Family<ReasonLabel, Counter>,
+    concurrency_limit: Gauge,
+    consumer_lag: Family<PartitionLabel, Gauge>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in a new registry with the `sink_dataverse` prefix.
+    pub fn new() -> (Self, Arc<Registry>) {
+        let mut registry = Registry::with_prefix("sink_dataverse");
+        let m = Metrics {
+            writes: Family::default(),
+            dead_lettered: Family::default(),
+            retries: Family::default(),
+            conflicts: Counter::default(),
+            throttled: Counter::default(),
+            throttled_seconds: Counter::default(),
+            batch_size: Histogram::new([1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0]),
+            write_seconds: request_histogram(),
+            request_seconds: Family::new_with_constructor(request_histogram),
+            token_renewals: Family::default(),
+            concurrency_limit: Gauge::default(),
+            consumer_lag: Family::default(),
+        };
+        registry.register(
+            "writes",
+            "Customer changes finished, by outcome (created, updated, deactivated, tombstoned, deleted, already_absent, stale, unchanged, dead_lettered)",
+            m.writes.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Records written to the dead-letter topic, by error class",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "retries",
+            "Transient failures that were retried, by class",
+            m.retries.clone(),
+        );
+        registry.register(
+            "conflicts",
+            "Conditional writes that lost a race (412) and were decided again",
+            m.conflicts.clone(),
+        );
+        registry.register("throttled", "429 answers from Dataverse", m.throttled.clone());
+        registry.register_with_unit(
+            "throttled",
+            "Time every writer was paused by Retry-After",
+            Unit::Seconds,
+            m.throttled_seconds.clone(),
+        );
+        registry.register(
+            "batch_size",
+            "Operations per HTTP request to Dataverse (1 = a single request)",
+            m.batch_size.clone(),
+        );
+        registry.register_with_unit(
+            "write",
+            "Time from starting a customer change to finishing it, retries included",
+            Unit::Seconds,
+            m.write_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "request",
+            "Time of one HTTP request to Dataverse, by kind (single, batch)",
+            Unit::Seconds,
+            m.request_seconds.clone(),
+        );
+        registry.register(
+            "token_renewals",
+            "Access tokens obtained, by reason (initial, expiring, rejected)",
+            m.token_renewals.clone(),
+        );
+        registry.register(
+            "concurrency_limit",
+            "Concurrent Dataverse requests allowed now",
+            m.concurrency_limit.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Records in the partition not yet committed by the group",
+            m.consumer_lag.clone(),
+        );
+        // Every fixed series exists from the start, so rates and alerts work before the first write.
+        for outcome in Outcome::ALL {
+            let _ = m.writes.get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            });
+        }
+        for kind in ["single", "batch"] {
+            let _ = m.request_seconds.get_or_create(&KindLabel { kind });
+        }
+        (m, Arc::new(registry))
+    }
+
+    pub fn finished(&self, outcome: Outcome, seconds: f64) {
+        self.writes
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        self.write_seconds.observe(seconds);
+    }
+
+    /// A record was dead-lettered; counted as a finished write with that outcome too.
+    pub fn dead_lettered(&self, class: &'static str) {
+        self.dead_lettered.get_or_create(&ClassLabel { class }).inc();
+        self.writes
+            .get_or_create(&OutcomeLabel {
+                outcome: Outcome::DeadLettered.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn retried(&self, class: &'static str) {
+        self.retries.get_or_create(&ClassLabel { class }).inc();
+    }
+
+    pub fn conflict(&self) {
+        self.conflicts.inc();
+    }
+
+    pub fn throttled(&self, paused_seconds: f64) {
+        self.throttled.inc();
+        self.throttled_seconds.inc_by(paused_seconds);
+    }
+
+    pub fn request(&self, operations: usize, seconds: f64) {
+        self.batch_size.observe(operations as f64);
+        let kind = if operations > 1 { "batch" } else { "single" };
+        self.request_seconds
+            .get_or_create(&KindLabel { kind })
+            .observe(seconds);
+    }
+
+    pub fn token_renewed(&self, reason: &'static str) {
+        self.token_renewals.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// A token was refused by Dataverse before it expired; the next renewal is for that reason.
+    pub fn token_rejected(&self) {
+        self.token_renewals
+            .get_or_create(&ReasonLabel { reason: "rejected" })
+            .inc();
+    }
+
+    pub fn concurrency_limit(&self, limit: usize) {
+        self.concurrency_limit.set(limit as i64);
+    }
+
+    pub fn lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag
+            .get_or_create(&PartitionLabel {
+                topic: topic.to_string(),
+                partition,
+            })
+            .set(lag);
+    }
+
+    /// Drops the lag series of a partition this member no longer owns.
+    pub fn forget_lag(&self, topic: &str, partition: i32) {
+        self.consumer_lag.remove(&PartitionLabel {
+            topic: topic.to_string(),
+            partition,
+        });
+    }
+}
