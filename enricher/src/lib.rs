@@ -134,9 +134,17 @@ async fn run_consumer(
         .context("creating the consumer")?
     };
 
+    let lag_client = {
+        let (kafka, group) = (config.kafka.clone(), config.group.clone());
+        tokio::task::spawn_blocking(move || metrics::lag_client(&kafka, &group))
+            .await
+            .context("creating the lag client")?
+            .context("creating the lag client")?
+    };
     let lag_stop = CancellationToken::new();
     let lag_task = tokio::spawn(metrics::lag_sampler(
         consumer_loop.consumer(),
+        lag_client,
         metrics.clone(),
         config.lag_interval.into(),
         lag_stop.clone(),

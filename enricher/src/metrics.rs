@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use common::consume::LoopContext;
+use common::{config::KafkaSettings, consume::LoopContext};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -16,8 +16,9 @@ use prometheus_client::{
     registry::Registry,
 };
 use rdkafka::{
-    Offset, TopicPartitionList,
-    consumer::{Consumer, StreamConsumer},
+    Offset,
+    consumer::{BaseConsumer, Consumer, StreamConsumer},
+    error::KafkaError,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -144,38 +145,36 @@ pub struct PartitionLag {
     pub lag: i64,
 }
 
-/// Measures the lag of every assigned partition: high watermark minus the group's committed
-/// offset (what a restart would re-read), falling back to the consumer's position, then to the
-/// low watermark, when nothing is committed yet. Blocks on broker round trips: call from a
-/// blocking thread.
+/// A client of its own for lag queries: on the loop consumer's connection they would queue
+/// behind long-polling fetches. It carries the group id only to read the group's committed
+/// offsets; it never joins the group.
+pub fn lag_client(kafka: &KafkaSettings, group: &str) -> Result<BaseConsumer, KafkaError> {
+    let mut config = common::kafka::client_config(kafka, "enricher-lag");
+    config.set("group.id", group).set("enable.auto.commit", "false");
+    config.create()
+}
+
+/// Measures the lag of every partition the loop consumer owns: high watermark minus the
+/// group's committed offset (what a restart would re-read), or minus the low watermark when
+/// nothing is committed yet. Blocks on broker round trips: call from a blocking thread.
 pub fn measure_lag(
     consumer: &StreamConsumer<LoopContext>,
+    client: &BaseConsumer,
     timeout: Duration,
-) -> Result<Vec<PartitionLag>, String> {
-    let assignment = consumer.assignment().map_err(|e| e.to_string())?;
+) -> Result<Vec<PartitionLag>, KafkaError> {
+    let assignment = consumer.assignment()?;
     if assignment.count() == 0 {
         return Ok(Vec::new());
     }
-    let committed = consumer
-        .committed_offsets(assignment.clone(), timeout)
-        .unwrap_or_else(|_| TopicPartitionList::new());
-    let position = consumer.position().unwrap_or_else(|_| TopicPartitionList::new());
-    let offset_in = |tpl: &TopicPartitionList, topic: &str, partition: i32| match tpl
-        .find_partition(topic, partition)
-        .map(|e| e.offset())
-    {
-        Some(Offset::Offset(o)) => Some(o),
-        _ => None,
-    };
+    let committed = client.committed_offsets(assignment.clone(), timeout)?;
     let mut out = Vec::new();
     for elem in assignment.elements() {
         let (topic, partition) = (elem.topic(), elem.partition());
-        let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, timeout) else {
-            continue;
+        let (low, high) = client.fetch_watermarks(topic, partition, timeout)?;
+        let done = match committed.find_partition(topic, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => low,
         };
-        let done = offset_in(&committed, topic, partition)
-            .or_else(|| offset_in(&position, topic, partition))
-            .unwrap_or(low);
         out.push(PartitionLag {
             topic: topic.to_string(),
             partition,
@@ -186,13 +185,15 @@ pub fn measure_lag(
 }
 
 /// Updates the lag gauges every `interval` until `stop`; partitions no longer owned lose their
-/// series.
+/// series. `assigned_partitions` is updated on every tick, even when the broker queries fail.
 pub async fn lag_sampler(
     consumer: Arc<StreamConsumer<LoopContext>>,
+    client: BaseConsumer,
     metrics: Metrics,
     interval: Duration,
     stop: CancellationToken,
 ) {
+    let client = Arc::new(client);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shown: Vec<PartitionLabel> = Vec::new();
@@ -201,9 +202,12 @@ pub async fn lag_sampler(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let c = consumer.clone();
-        let timeout = interval.min(Duration::from_secs(5));
-        let measured = match tokio::task::spawn_blocking(move || measure_lag(&c, timeout)).await {
+        if let Ok(assignment) = consumer.assignment() {
+            metrics.assigned_partitions.set(assignment.count() as i64);
+        }
+        let (c, client) = (consumer.clone(), client.clone());
+        let measured = match tokio::task::spawn_blocking(move || measure_lag(&c, &client, LAG_TIMEOUT)).await
+        {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "measuring consumer lag failed");
@@ -227,7 +231,9 @@ pub async fn lag_sampler(
         for (label, m) in now.iter().zip(&measured) {
             metrics.consumer_lag.get_or_create(label).set(m.lag);
         }
-        metrics.assigned_partitions.set(now.len() as i64);
         shown = now;
     }
 }
+
+/// Bound on each lag query.
+const LAG_TIMEOUT: Duration = Duration::from_secs(5);
