@@ -13,7 +13,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 # Native build tools: librdkafka (built from source by rdkafka-sys) needs a C/C++ toolchain,
 # make and pkg-config; the broker's SQLite and crypto dependencies need cmake.
-packages=(build-essential cmake pkg-config protobuf-compiler curl)
+packages=(build-essential cmake pkg-config protobuf-compiler curl openssl python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -4,6 +4,7 @@
 //! * [`Broker`] — a Kafka-protocol broker (Tansu, SQLite storage so data survives a restart).
 //! * [`Registry`] — the workspace's Confluent-compatible schema registry binary.
 //! * [`Service`] — any other process (the stages themselves, the Dataverse emulator).
+//! * [`pipeline::Pipeline`] — everything at once, as a user runs it, for end-to-end tests.
 //! * [`unique`] — topic and group names no other test uses.
 //! * [`wait_until`] — poll a condition with a deadline, instead of sleeping.
 //!
@@ -28,6 +29,8 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
 };
 use tempfile::TempDir;
+
+pub mod pipeline;
 
 /// The pinned broker version the set-up installs.
 pub const TANSU_VERSION: &str = "0.6.0";

@@ -1,0 +1,258 @@
+//! The whole pipeline as a user runs it: broker, registry, Dataverse emulator, gateway, enricher
+//! and sink, each a real process on its own free port, wired together with topic and group names
+//! no other test uses. Any stage can be killed (SIGKILL) and started again, for fault tests.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::{Service, TestEnv, free_port, unique, wait_until};
+
+/// The webhook signing secret the pipeline's gateway is configured with.
+pub const WEBHOOK_SECRET: &str = "whsec_pipeline_test_secret";
+
+/// A stage of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Gateway,
+    Enricher,
+    Sink,
+}
+
+impl Stage {
+    fn binary(self) -> &'static str {
+        match self {
+            Stage::Gateway => "gateway",
+            Stage::Enricher => "enricher",
+            Stage::Sink => "sink-dataverse",
+        }
+    }
+}
+
+/// The per-run names that keep concurrent pipelines apart.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub events_topic: String,
+    pub customers_topic: String,
+    pub enricher_group: String,
+    pub sink_group: String,
+}
+
+#[derive(Debug)]
+pub struct Pipeline {
+    pub env: TestEnv,
+    pub names: Names,
+    pub emulator: Service,
+    emulator_port: u16,
+    ports: [u16; 3],
+    services: [Option<Service>; 3],
+    http: reqwest::Client,
+}
+
+impl Pipeline {
+    /// Starts every process and waits until each stage reports ready.
+    pub async fn start() -> anyhow::Result<Self> {
+        let env = TestEnv::start().await?;
+        let names = Names {
+            events_topic: unique("stripe.events"),
+            customers_topic: unique("customers.normalized"),
+            enricher_group: unique("enricher"),
+            sink_group: unique("sink"),
+        };
+        let emulator_port = free_port();
+        let emulator = Service::start(
+            "dataverse-emulator",
+            &["--listen".into(), format!("127.0.0.1:{emulator_port}")],
+            &[],
+            SocketAddr::from(([127, 0, 0, 1], emulator_port)),
+        )
+        .await?;
+        let mut pipeline = Pipeline {
+            env,
+            names,
+            emulator,
+            emulator_port,
+            ports: [free_port(), free_port(), free_port()],
+            services: [None, None, None],
+            http: reqwest::Client::new(),
+        };
+        for stage in [Stage::Gateway, Stage::Enricher, Stage::Sink] {
+            pipeline.start_stage(stage).await?;
+        }
+        Ok(pipeline)
+    }
+
+    fn index(stage: Stage) -> usize {
+        match stage {
+            Stage::Gateway => 0,
+            Stage::Enricher => 1,
+            Stage::Sink => 2,
+        }
+    }
+
+    /// The base URL of a stage's HTTP listener (the gateway's webhook and ops port, the other
+    /// stages' ops port).
+    pub fn url(&self, stage: Stage) -> String {
+        format!("http://127.0.0.1:{}", self.ports[Self::index(stage)])
+    }
+
+    pub fn emulator_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.emulator_port)
+    }
+
+    fn stage_env(&self, stage: Stage) -> Vec<(String, String)> {
+        let n = &self.names;
+        let addr = format!("127.0.0.1:{}", self.ports[Self::index(stage)]);
+        let mut env = vec![
+            (
+                "KAFKA_BOOTSTRAP_SERVERS".to_string(),
+                self.env.broker.bootstrap_servers(),
+            ),
+            ("SCHEMA_REGISTRY_URL".to_string(), self.env.registry.url()),
+            (
+                "RUST_LOG".to_string(),
+                std::env::var("PIPELINE_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
+            ),
+        ];
+        let set =
+            |env: &mut Vec<(String, String)>, k: &str, v: &str| env.push((k.to_string(), v.to_string()));
+        match stage {
+            Stage::Gateway => {
+                set(&mut env, "GATEWAY_LISTEN", &addr);
+                set(&mut env, "GATEWAY_TOPIC", &n.events_topic);
+                set(&mut env, "GATEWAY_TOPIC_PARTITIONS", "3");
+                set(&mut env, "GATEWAY_WEBHOOK__SECRETS", WEBHOOK_SECRET);
+            }
+            Stage::Enricher => {
+                set(&mut env, "ENRICHER_LISTEN", &addr);
+                set(&mut env, "ENRICHER_INPUT_TOPIC", &n.events_topic);
+                set(&mut env, "ENRICHER_OUTPUT_TOPIC", &n.customers_topic);
+                set(&mut env, "ENRICHER_GROUP", &n.enricher_group);
+                set(&mut env, "ENRICHER_TOPIC_PARTITIONS", "3");
+            }
+            Stage::Sink => {
+                let emulator = self.emulator_url();
+                set(&mut env, "SINK_LISTEN", &addr);
+                set(&mut env, "SINK_INPUT_TOPIC", &n.customers_topic);
+                set(&mut env, "SINK_GROUP", &n.sink_group);
+                set(&mut env, "SINK_DATAVERSE__ENVIRONMENT_URL", &emulator);
+                set(
+                    &mut env,
+                    "SINK_DATAVERSE__TOKEN_URL",
+                    &format!("{emulator}/pipeline/oauth2/v2.0/token"),
+                );
+                set(&mut env, "SINK_DATAVERSE__TENANT_ID", "pipeline");
+                set(&mut env, "SINK_DATAVERSE__CLIENT_ID", "sink-dataverse");
+                set(&mut env, "SINK_DATAVERSE__CLIENT_SECRET", "local-secret");
+            }
+        }
+        env
+    }
+
+    /// Starts a stage (again) and waits until its `/readyz` answers 200.
+    pub async fn start_stage(&mut self, stage: Stage) -> anyhow::Result<()> {
+        let port = self.ports[Self::index(stage)];
+        let service = Service::start(
+            stage.binary(),
+            &[],
+            &self.stage_env(stage),
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        )
+        .await?;
+        let url = format!("{}/readyz", self.url(stage));
+        let http = self.http.clone();
+        wait_until(
+            &format!("{} to be ready", stage.binary()),
+            Duration::from_secs(60),
+            || {
+                let request = http.get(&url).send();
+                async move { request.await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+            },
+        )
+        .await
+        .with_context(|| service.process.log_tail())?;
+        self.services[Self::index(stage)] = Some(service);
+        Ok(())
+    }
+
+    /// Kills a stage with SIGKILL, as a crash would.
+    pub fn kill(&mut self, stage: Stage) {
+        if let Some(mut s) = self.services[Self::index(stage)].take() {
+            s.process.kill();
+        }
+    }
+
+    /// The running process of a stage, for its log.
+    pub fn service(&self, stage: Stage) -> Option<&Service> {
+        self.services[Self::index(stage)].as_ref()
+    }
+
+    /// Sends a webhook body to the gateway, signed now with [`WEBHOOK_SECRET`].
+    pub async fn send_webhook(&self, body: &str) -> anyhow::Result<reqwest::Response> {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        self.send_webhook_with(body, &stripe_signature(WEBHOOK_SECRET, t, body.as_bytes()))
+            .await
+    }
+
+    /// Sends a webhook body with the given `Stripe-Signature` header.
+    pub async fn send_webhook_with(&self, body: &str, signature: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .post(format!("{}/webhooks/stripe", self.url(Stage::Gateway)))
+            .header("content-type", "application/json")
+            .header("stripe-signature", signature)
+            .body(body.to_string())
+            .send()
+            .await?)
+    }
+
+    /// Every row of the emulator's `contacts` table.
+    pub async fn contacts(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let body: serde_json::Value = self
+            .http
+            .get(format!("{}/_admin/tables/contacts", self.emulator_url()))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(body["value"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// The contact whose alternate key is `customer_id`, if it exists.
+    pub async fn contact(&self, customer_id: &str) -> anyhow::Result<Option<serde_json::Value>> {
+        Ok(self
+            .contacts()
+            .await?
+            .into_iter()
+            .find(|c| c["new_stripecustomerid"] == customer_id))
+    }
+}
+
+/// A `Stripe-Signature` header for `body` at unix time `t`, as Stripe computes it.
+pub fn stripe_signature(secret: &str, t: u64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A `customer.*` event body as Stripe sends it.
+pub fn customer_event(event_id: &str, event_type: &str, created: i64, customer: serde_json::Value) -> String {
+    serde_json::json!({
+        "id": event_id,
+        "object": "event",
+        "api_version": "2025-04-30.basil",
+        "created": created,
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": {"id": null, "idempotency_key": null},
+        "type": event_type,
+        "data": {"object": customer},
+    })
+    .to_string()
+}
