@@ -78,7 +78,8 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     pub fn new(config: &GatewayConfig, sink: Arc<dyn Sink>) -> Self {
-        let (metrics, registry) = Metrics::new();
+        let (metrics, mut registry) = Metrics::new();
+        sink.register_metrics(&mut registry);
         let webhook = &config.webhook;
         AppState {
             shared: Arc::new(Shared {
@@ -93,7 +94,7 @@ impl AppState {
                 dedup: Dedup::new(config.dedup.capacity, config.dedup.ttl.into()),
                 sink,
                 metrics,
-                registry,
+                registry: Arc::new(registry),
                 max_body: config.limits.max_body,
                 request_timeout: config.limits.request_timeout.into(),
                 produce_timeout: config.limits.produce_timeout.into(),

@@ -1,8 +1,6 @@
 //! The gateway's Prometheus metrics, served at `/metrics` by `common::ops`. Names follow
 //! `gateway_<thing>_<unit>`; label values come from fixed sets, never from ids or messages.
 
-use std::sync::Arc;
-
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -105,7 +103,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Creates the metrics and registers them in a new registry with the `gateway` prefix.
-    pub fn new() -> (Self, Arc<Registry>) {
+    pub fn new() -> (Self, Registry) {
         let mut registry = Registry::with_prefix("gateway");
         let buckets = [
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
@@ -168,7 +166,7 @@ impl Metrics {
         for dependency in ["kafka", "schema_registry", "internal"] {
             let _ = m.write_failures.get_or_create(&DependencyLabel { dependency });
         }
-        (m, Arc::new(registry))
+        (m, registry)
     }
 
     pub fn request(&self, outcome: Outcome, seconds: f64) {

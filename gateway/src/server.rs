@@ -44,16 +44,11 @@ pub async fn run(
         true => Some(tls::acceptor(&config.tls)?),
         false => None,
     };
-    let kafka = config.kafka.clone();
-    let delivery_timeout = config.produce_timeout();
-    // Creating a client blocks briefly; keep it off the async workers.
-    let producer =
-        tokio::task::spawn_blocking(move || common::kafka::producer(&kafka, "gateway", delivery_timeout))
-            .await?
-            .context("setting `kafka`: cannot create the Kafka producer")?;
     let codec = Codec::new(&config.registry.codec_config())
         .context("setting `registry`: cannot create the schema registry client")?;
-    let sink = KafkaSink::new(producer, codec, &config.topic);
+    let sink = KafkaSink::connect(&config.kafka, config.produce_timeout(), codec, &config.topic)
+        .await
+        .context("setting `kafka`: cannot create the Kafka producer")?;
 
     let starting = CancellationToken::new();
     let startup_done = starting.clone();

@@ -2,17 +2,30 @@
 //! produces it with the idempotent `acks=all` producer, returning only once the broker's delivery
 //! report says it is durable. The [`Sink`] trait lets the HTTP tests run without a broker.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
-use common::ops::{Check, check};
+use common::{
+    config::KafkaSettings,
+    ops::{Check, check},
+};
 use futures::future::BoxFuture;
+use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use rdkafka::{
-    error::KafkaError,
+    error::{KafkaError, RDKafkaErrorCode as Code},
     producer::{FutureProducer, FutureRecord, Producer},
 };
 use schemas::{Codec, CodecError, StripeEvent};
 
 use crate::event::VerifiedEvent;
+
+/// How long past the write budget to wait for the producer's delivery report.
+const REPORT_GRACE: Duration = Duration::from_millis(250);
 
 /// Where an acknowledged record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,77 +75,227 @@ pub trait Sink: Send + Sync + 'static {
 
     /// The `/readyz` checks for this sink's dependencies.
     fn checks(&self) -> Vec<(&'static str, Check)>;
+
+    /// Registers the sink's own metrics (names get the `gateway_` prefix).
+    fn register_metrics(&self, _registry: &mut Registry) {}
 }
 
-/// Writes to a Kafka topic in the Confluent wire format.
+/// Writes to a Kafka topic in the Confluent wire format. Cheap to clone; clones share the
+/// producer.
+///
+/// The producer is replaced after a write it could not deliver in time or whose producer state
+/// the broker refused (see [`refuses_producer_state`]). After a timeout librdkafka would recover
+/// on its own by bumping the idempotent producer's epoch locally (KIP-360); not every
+/// Kafka-compatible broker accepts that (the local development broker's storage fails on it), and
+/// a fresh producer, which starts a new idempotent session with `InitProducerId`, is accepted by
+/// all. Records the old producer still held are purged: their requests were, or will be,
+/// answered 503, so Stripe delivers them again.
 #[derive(Clone)]
 pub struct KafkaSink {
-    producer: FutureProducer,
+    inner: Arc<SinkInner>,
+}
+
+struct SinkInner {
+    /// The current producer and its generation (which replacement it is).
+    producer: RwLock<(u64, FutureProducer)>,
+    kafka: KafkaSettings,
+    delivery_timeout: Duration,
     codec: Codec,
     topic: String,
+    /// A replacement is being made; others wait for it instead of starting their own.
+    replacing: AtomicBool,
+    /// When the producer was last replaced; replacements after refusals are spaced by
+    /// [`RESET_INTERVAL`].
+    last_reset: Mutex<Option<Instant>>,
+    resets: Counter,
 }
+
+/// Replacing the producer more often than this would only churn connections.
+const RESET_INTERVAL: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for KafkaSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaSink")
-            .field("topic", &self.topic)
+            .field("topic", &self.inner.topic)
             .finish_non_exhaustive()
     }
 }
 
 impl KafkaSink {
-    pub fn new(producer: FutureProducer, codec: Codec, topic: impl Into<String>) -> Self {
-        KafkaSink {
-            producer,
-            codec,
-            topic: topic.into(),
-        }
+    /// Creates the producer (idempotent, `acks=all`, delivery timeout `delivery_timeout`) off the
+    /// async workers, since creating a client blocks briefly.
+    pub async fn connect(
+        kafka: &KafkaSettings,
+        delivery_timeout: Duration,
+        codec: Codec,
+        topic: impl Into<String>,
+    ) -> Result<Self, KafkaError> {
+        let producer = create_producer(kafka.clone(), delivery_timeout).await?;
+        Ok(KafkaSink {
+            inner: Arc::new(SinkInner {
+                producer: RwLock::new((0, producer)),
+                kafka: kafka.clone(),
+                delivery_timeout,
+                codec,
+                topic: topic.into(),
+                replacing: AtomicBool::new(false),
+                last_reset: Mutex::new(None),
+                resets: Counter::default(),
+            }),
+        })
     }
 
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
+    /// The producer now in use.
+    pub fn producer(&self) -> FutureProducer {
+        self.current().1
+    }
+
+    fn current(&self) -> (u64, FutureProducer) {
+        // Writers leave a valid producer behind even if they panicked, so poisoning is moot.
+        let guard = self.inner.producer.read().unwrap_or_else(|p| p.into_inner());
+        (guard.0, guard.1.clone())
     }
 
     /// Registers (or looks up) the record schema now, so the first request does not pay for it.
     pub async fn prepare(&self) -> Result<u32, CodecError> {
-        self.codec.prepare::<StripeEvent>(&self.topic).await
+        self.inner.codec.prepare::<StripeEvent>(&self.inner.topic).await
     }
 
     /// Waits up to `timeout` for every record handed to the producer to be delivered or failed.
     pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
             .unwrap_or(Err(KafkaError::Canceled))
     }
 
     async fn write_event(&self, event: &VerifiedEvent, budget: Duration) -> Result<Written, SinkError> {
+        let inner = &self.inner;
         let deadline = tokio::time::Instant::now() + budget;
-        let payload = tokio::time::timeout_at(deadline, self.codec.encode(&self.topic, event.record()))
+        let payload = tokio::time::timeout_at(deadline, inner.codec.encode(&inner.topic, event.record()))
             .await
             .map_err(|_| SinkError::RegistryTimeout)?
             .map_err(SinkError::Registry)?;
         let headers = common::kafka::trace_headers(&common::kafka::current_context());
-        let record = FutureRecord::to(&self.topic)
+        let record = FutureRecord::to(&inner.topic)
             .key(event.key())
             .payload(&payload)
             .headers(headers);
+        let (generation, producer) = self.current();
         // `send_result` enqueues now and hands back the delivery future (`send` would enqueue
         // only when first polled, serialising concurrent requests behind `linger.ms`).
-        let delivery = self
-            .producer
-            .send_result(record)
-            .map_err(|(e, _)| SinkError::Kafka(e))?;
-        match tokio::time::timeout_at(deadline, delivery).await {
-            Err(_) => Err(SinkError::KafkaTimeout),
+        let sent = producer.send_result(record);
+        // Only the sink keeps producers alive, so a replaced one is dropped off the async workers.
+        let fatal = producer.client().fatal_error().is_some();
+        drop(producer);
+        let delivery = sent.map_err(|(e, _)| {
+            if fatal || refuses_producer_state(&e) {
+                self.replace_producer(generation, &e.to_string(), true);
+            }
+            SinkError::Kafka(e)
+        })?;
+        // The producer's own delivery timeout is `budget` from now; waiting a little longer
+        // lets its definite answer arrive first, so a 503 here rarely hides a late success.
+        match tokio::time::timeout_at(deadline + REPORT_GRACE, delivery).await {
+            Err(_) => {
+                self.replace_producer(generation, "no delivery report within the write budget", false);
+                Err(SinkError::KafkaTimeout)
+            }
             Ok(Err(_canceled)) => Err(SinkError::ProducerGone),
-            Ok(Ok(Err((e, _message)))) => Err(SinkError::Kafka(e)),
+            Ok(Ok(Err((e, _message)))) => {
+                let timed_out = matches!(e, KafkaError::MessageProduction(Code::MessageTimedOut));
+                if timed_out || refuses_producer_state(&e) {
+                    self.replace_producer(generation, &e.to_string(), !timed_out);
+                }
+                Err(SinkError::Kafka(e))
+            }
             Ok(Ok(Ok(delivery))) => Ok(Written {
                 partition: delivery.partition,
                 offset: delivery.offset,
             }),
         }
     }
+
+    /// Starts replacing producer `generation` unless it was replaced already or a replacement is
+    /// under way. After a timeout the swap is immediate, before the old producer can send anything
+    /// under its bumped epoch; after a refusal it is spaced [`RESET_INTERVAL`] from the last one,
+    /// so a broker that refuses every producer does not cause a storm of new clients.
+    fn replace_producer(&self, generation: u64, reason: &str, spaced: bool) {
+        if self.current().0 != generation || self.inner.replacing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::warn!(reason, "replacing the Kafka producer");
+        let sink = self.clone();
+        tokio::spawn(async move {
+            sink.swap_producer(generation, spaced).await;
+            sink.inner.replacing.store(false, Ordering::SeqCst);
+        });
+    }
+
+    async fn swap_producer(&self, generation: u64, spaced: bool) {
+        let inner = &self.inner;
+        let since_last = inner
+            .last_reset
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed());
+        if let (true, Some(elapsed)) = (spaced, since_last) {
+            tokio::time::sleep(RESET_INTERVAL.saturating_sub(elapsed)).await;
+        }
+        let fresh = match create_producer(inner.kafka.clone(), inner.delivery_timeout).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a replacement Kafka producer");
+                return;
+            }
+        };
+        let old = {
+            let mut current = inner.producer.write().unwrap_or_else(|p| p.into_inner());
+            if current.0 != generation {
+                return;
+            }
+            std::mem::replace(&mut *current, (generation + 1, fresh)).1
+        };
+        *inner.last_reset.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        inner.resets.inc();
+        // Dropping purges what the old producer still holds (so it never sends it under a bumped
+        // epoch) and waits briefly for those reports: blocking work.
+        tokio::task::spawn_blocking(move || drop(old));
+    }
+
+    /// How many times the producer was replaced (`gateway_producer_resets_total`).
+    pub fn resets(&self) -> Counter {
+        self.inner.resets.clone()
+    }
+}
+
+async fn create_producer(
+    kafka: KafkaSettings,
+    delivery_timeout: Duration,
+) -> Result<FutureProducer, KafkaError> {
+    tokio::task::spawn_blocking(move || common::kafka::producer(&kafka, CLIENT_ID, delivery_timeout))
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+}
+
+/// The producer's `client.id`.
+const CLIENT_ID: &str = "gateway";
+
+/// Broker answers that mean the producer's idempotence state is refused; the same producer will
+/// keep failing.
+fn refuses_producer_state(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageProduction(
+            Code::Unknown
+                | Code::Fatal
+                | Code::OutOfOrderSequenceNumber
+                | Code::InvalidProducerEpoch
+                | Code::InvalidProducerIdMapping
+                | Code::UnknownProducerId
+                | Code::ProducerFenced
+        )
+    )
 }
 
 impl Sink for KafkaSink {
@@ -145,23 +308,30 @@ impl Sink for KafkaSink {
     }
 
     fn checks(&self) -> Vec<(&'static str, Check)> {
-        let producer = self.producer.clone();
-        let topic = self.topic.clone();
+        let sink = self.clone();
         let kafka = check(move || {
-            let producer = producer.clone();
-            let topic = topic.clone();
+            let producer = sink.producer();
+            let topic = sink.inner.topic.clone();
             async move {
                 tokio::task::spawn_blocking(move || broker_ready(&producer, &topic))
                     .await
                     .map_err(|e| e.to_string())?
             }
         });
-        let codec = self.codec.clone();
+        let codec = self.inner.codec.clone();
         let registry = check(move || {
             let codec = codec.clone();
             async move { codec.check_registry().await.map_err(|e| e.to_string()) }
         });
         vec![("kafka", kafka), ("schema_registry", registry)]
+    }
+
+    fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "producer_resets",
+            "Times the Kafka producer was replaced after the broker refused its idempotence state",
+            self.resets(),
+        );
     }
 }
 
@@ -182,7 +352,7 @@ fn broker_ready(producer: &FutureProducer, topic: &str) -> Result<(), String> {
         Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
         Some(t) => Err(format!(
             "topic {topic} is not available ({:?})",
-            t.error().map(rdkafka::error::RDKafkaErrorCode::from)
+            t.error().map(Code::from)
         )),
         None => Err(format!(
             "topic {topic} not found (metadata in {:?})",
