@@ -114,9 +114,9 @@ impl GatewayError {
                 cause = ?std::error::Error::source(e).map(ToString::to_string),
                 "event not written; answering 503 so Stripe retries"
             ),
-            GatewayError::Timeout(_) | GatewayError::Overloaded => {
-                tracing::warn!(outcome, error = %self, "answering 503");
-            }
+            GatewayError::Timeout(_) => tracing::warn!(outcome, error = %self, "answering 503"),
+            // Counted in the metrics; a line per refused request would add to the overload.
+            GatewayError::Overloaded => tracing::debug!(outcome, "answering 503"),
             _ => tracing::info!(outcome, error = %self, "webhook request refused"),
         }
     }
