@@ -50,12 +50,13 @@ pub async fn run(
         .await
         .context("setting `kafka`: cannot create the Kafka producer")?;
 
-    let starting = CancellationToken::new();
-    let startup_done = starting.clone();
+    // Cancelled (used as a set-once flag) once the topic and schema are prepared.
+    let prepared = CancellationToken::new();
+    let is_prepared = prepared.clone();
     let state = AppState::new(&config, Arc::new(sink.clone())).with_check(
         "startup",
         check(move || {
-            let done = startup_done.is_cancelled();
+            let done = is_prepared.is_cancelled();
             async move {
                 match done {
                     true => Ok(()),
@@ -64,7 +65,7 @@ pub async fn run(
             }
         }),
     );
-    let startup = tokio::spawn(prepare(config.clone(), sink.clone(), starting, shutdown.clone()));
+    let startup = tokio::spawn(prepare(config.clone(), sink.clone(), prepared, shutdown.clone()));
     let router = app(state.clone());
 
     let addr = listener.local_addr()?;
