@@ -91,6 +91,8 @@ pub struct LoopSettings {
     pub store_interval: Duration,
     /// How long in-flight batches may run after shutdown begins before they are cancelled.
     pub shutdown_grace: Duration,
+    /// How long leaving the group may take at the end of shutdown.
+    pub close_timeout: Duration,
 }
 
 impl Default for LoopSettings {
@@ -100,6 +102,7 @@ impl Default for LoopSettings {
             max_queued_per_partition: 1000,
             store_interval: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -324,7 +327,23 @@ impl ConsumerLoop {
         }
         consumer.unsubscribe();
         tracing::info!(group = %group, unfinished = in_flight, "consumer stopped");
+        leave_group(consumer, &group, settings.close_timeout).await;
         result
+    }
+}
+
+/// Closes the consumer (leaving the group) on a plain thread, waiting at most `timeout`.
+/// librdkafka's close blocks until the group coordinator answers, which never happens while the
+/// broker is down; what had to be committed is committed already, so a stage must not hang here.
+async fn leave_group(consumer: Arc<StreamConsumer<LoopContext>>, group: &str, timeout: Duration) {
+    let closer = std::thread::spawn(move || drop(consumer));
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !closer.is_finished() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(group, ?timeout, "leaving the consumer group did not finish in time; the broker expires the membership");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -110,6 +110,7 @@ impl From<&LoopConfig> for LoopSettings {
             max_queued_per_partition: c.max_queued_per_partition,
             store_interval: c.store_interval.into(),
             shutdown_grace: c.shutdown_grace.into(),
+            ..LoopSettings::default()
         }
     }
 }

@@ -303,6 +303,7 @@ impl ConsumerSettings {
             max_queued_per_partition: self.max_queued_per_partition,
             store_interval: self.store_interval.into(),
             shutdown_grace: self.shutdown_grace.into(),
+            ..LoopSettings::default()
         }
     }
 }
