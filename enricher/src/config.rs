@@ -25,6 +25,11 @@ pub struct EnricherConfig {
     pub telemetry: TelemetrySettings,
     /// Consumer group; every instance of one deployment shares it, so they split the partitions.
     pub group: String,
+    /// Static group membership (Kafka's `group.instance.id`): unique per instance and stable
+    /// across its restarts (a pod name, say). A restarted instance takes its partitions back at
+    /// once instead of waiting for the group to notice the old process is gone; an instance that
+    /// stops keeps its partitions until the session times out. Unset: dynamic membership.
+    pub instance_id: Option<String>,
     /// Where raw Stripe events are read from.
     pub input_topic: String,
     /// Where normalised customer changes are written.
@@ -59,6 +64,7 @@ impl Default for EnricherConfig {
             registry: RegistrySettings::default(),
             telemetry: TelemetrySettings::default(),
             group: "enricher".into(),
+            instance_id: None,
             input_topic: topics::STRIPE_EVENTS.into(),
             output_topic: topics::CUSTOMERS_NORMALIZED.into(),
             dlq_topic: None,
@@ -173,6 +179,9 @@ impl Settings for EnricherConfig {
         nonblank("output_topic", &self.output_topic)?;
         if let Some(dlq) = &self.dlq_topic {
             nonblank("dlq_topic", dlq)?;
+        }
+        if let Some(id) = &self.instance_id {
+            nonblank("instance_id", id)?;
         }
         let dlq = self.dlq_topic();
         if self.output_topic == self.input_topic {
@@ -297,6 +306,7 @@ mod tests {
     fn bad_settings_are_named() {
         for (set, setting) in [
             (("group", " "), "group"),
+            (("instance_id", ""), "instance_id"),
             (("output_topic", "stripe.events"), "output_topic"),
             (("dlq_topic", "customers.normalized"), "dlq_topic"),
             (("event_types", "[invoice.paid]"), "event_types"),

@@ -94,7 +94,11 @@ async fn run_consumer(
     // the first record.
     let mut backoff = config.backoff.backoff();
     loop {
-        match codec.prepare::<Customer>(&config.output_topic).await {
+        let prepared = tokio::select! {
+            r = codec.prepare::<Customer>(&config.output_topic) => r,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        match prepared {
             Ok(id) => {
                 tracing::info!(topic = %config.output_topic, schema_id = id, "output schema ready");
                 break;
@@ -120,11 +124,11 @@ async fn run_consumer(
             .context("creating the producer")?
     };
     let consumer_loop = {
-        let (kafka, group, input) = (
-            config.kafka.clone(),
-            config.group.clone(),
-            config.input_topic.clone(),
-        );
+        let mut kafka = config.kafka.clone();
+        if let Some(id) = &config.instance_id {
+            kafka.properties.insert("group.instance.id".into(), id.clone());
+        }
+        let (group, input) = (config.group.clone(), config.input_topic.clone());
         let settings = (&config.consumer_loop).into();
         tokio::task::spawn_blocking(move || {
             ConsumerLoop::new(&kafka, STAGE, &group, &[input.as_str()], settings)
@@ -189,7 +193,11 @@ where
 {
     let mut backoff = config.backoff.backoff();
     loop {
-        match op().await {
+        let outcome = tokio::select! {
+            r = op() => r,
+            () = shutdown.cancelled() => return None,
+        };
+        match outcome {
             Ok(v) => return Some(v),
             Err(e) => {
                 let delay = backoff.next_delay();

@@ -1,6 +1,8 @@
 //! The `enricher` command: parse the command line and configuration, set up telemetry, and hand
 //! over to the library ([`enricher::run`] or [`common::replay::run`]).
 
+use std::process::ExitCode;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use common::{
@@ -34,8 +36,17 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("enricher: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings: EnricherConfig = config::load(&cli.config)?;
     match cli.command.unwrap_or(Command::Run) {
         Command::PrintConfig => {
@@ -57,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(settings.listen)
                 .await
                 .with_context(|| format!("invalid setting `listen`: cannot listen on {}", settings.listen))?;
+            // One line on stdout, for people and for harnesses that wait for it.
             println!("enricher ops listening on http://{}", listener.local_addr()?);
             let shutdown = common::shutdown::on_signal();
             let result = enricher::run(settings, listener, shutdown).await;

@@ -19,6 +19,11 @@ async fn killing_the_enricher_mid_stream_loses_nothing() {
     let mut process_env = env.process_env(&t, addr);
     // Small batches, so the stream takes long enough to be interrupted half-way.
     process_env.push(("ENRICHER_LOOP__MAX_BATCH".into(), "5".into()));
+    // Restarting in place, as an orchestrator does: the same instance id, so the new process takes
+    // the partitions back at once. (With dynamic membership the group must first notice the old
+    // member is gone; the local broker does not finish a rebalance whose leader died, so a new
+    // member joining within the session timeout would wait for ever.)
+    process_env.push(("ENRICHER_INSTANCE_ID".into(), "enricher-0".into()));
     let mut service = Service::start("enricher", &[], &process_env, addr).await.unwrap();
     wait_metric(addr, "enricher_records_out_total", 200.0).await;
     service.process.kill();
@@ -32,8 +37,10 @@ async fn killing_the_enricher_mid_stream_loses_nothing() {
 
     // More arrives while it is down; then it comes back.
     env.produce(&t.input, &second, None).await;
-    let _service = Service::start("enricher", &[], &process_env, addr).await.unwrap();
-    env.wait_caught_up(&t.group, &t.input).await;
+    let service = Service::start("enricher", &[], &process_env, addr).await.unwrap();
+    if let Err(e) = env.try_wait_caught_up(&t.group, &t.input).await {
+        panic!("{e}\n{}", service.process.log_tail());
+    }
 
     let out = env.read_customers(&t.output).await;
     let seen: HashSet<&str> = out.iter().map(|o| o.customer.source_event_id.as_str()).collect();

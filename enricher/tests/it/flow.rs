@@ -150,3 +150,36 @@ async fn configured_event_types_narrow_what_is_normalised() {
     running.wait_metric("enricher_records_skipped_total", 1.0).await;
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_while_waiting_for_the_broker_is_prompt() {
+    // Nothing listens on port 1: start-up keeps retrying, ops already answer.
+    let mut config = enricher::EnricherConfig::default();
+    config.kafka.bootstrap_servers = "127.0.0.1:1".into();
+    config.registry.url = "http://127.0.0.1:1".into();
+    let running = Running::start(config).await;
+    let client = reqwest::Client::new();
+    let health = client
+        .get(format!("http://{}/healthz", running.ops))
+        .send()
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+    let ready = client
+        .get(format!("http://{}/readyz", running.ops))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_ne!(body["checks"]["kafka"], "ok", "{body}");
+    assert_ne!(body["checks"]["schema_registry"], "ok", "{body}");
+
+    let started = std::time::Instant::now();
+    running.stop().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}

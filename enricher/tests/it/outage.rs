@@ -34,3 +34,49 @@ async fn registry_outage_is_retried_and_nothing_is_dead_lettered() {
     assert!(env.read_all(&t.dlq).await.is_empty());
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_restart_mid_stream_loses_nothing() {
+    let mut env = Env::start().await;
+    let t = env.topics(2).await;
+    let first = customer_stream("before", 100, 9);
+    env.produce(&t.input, &first, None).await;
+
+    let mut config = env.config(&t);
+    config.produce_timeout = common::config::HumanDuration::secs(3);
+    config.consumer_loop.max_batch = 5;
+    let running = Running::start(config).await;
+    running.wait_metric("enricher_records_out_total", 50.0).await;
+    env.env.broker.stop();
+    let client = reqwest::Client::new();
+    harness::wait_until(
+        "readiness to report the broker down",
+        crate::support::DEADLINE,
+        || async {
+            let res = client
+                .get(format!("http://{}/readyz", running.ops))
+                .send()
+                .await
+                .ok()?;
+            (res.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    env.env.broker.start_again().await.unwrap();
+
+    let second = customer_stream("after", 20, 1);
+    env.produce(&t.input, &second, None).await;
+    env.wait_caught_up(&t.group, &t.input).await;
+    let out = env.read_customers(&t.output).await;
+    let seen: std::collections::HashSet<&str> =
+        out.iter().map(|o| o.customer.source_event_id.as_str()).collect();
+    for e in first.iter().chain(&second) {
+        assert!(seen.contains(e.event_id.as_str()), "{} lost", e.event_id);
+    }
+    assert!(
+        env.read_all(&t.dlq).await.is_empty(),
+        "an outage dead-letters nothing"
+    );
+    running.stop().await;
+}

@@ -197,32 +197,37 @@ impl Env {
         config.create().unwrap()
     }
 
-    /// High watermark of every partition of `topic`.
+    /// High watermark of every partition of `topic`. Retried: the broker may be restarting.
     pub async fn high_watermarks(&self, topic: &str) -> HashMap<i32, i64> {
-        let client = self.client(None);
-        let topic = topic.to_string();
-        tokio::task::spawn_blocking(move || {
-            let md = client
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .unwrap();
-            let partitions: Vec<i32> = md
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic)
-                .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-                .unwrap_or_default();
-            partitions
-                .into_iter()
-                .map(|p| {
-                    (
-                        p,
-                        client
-                            .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                            .unwrap()
-                            .1,
-                    )
-                })
-                .collect()
+        wait_until(&format!("the watermarks of {topic}"), DEADLINE, || async {
+            let client = self.client(None);
+            let topic = topic.to_string();
+            tokio::task::spawn_blocking(move || {
+                let md = client
+                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                    .ok()?;
+                let partitions: Vec<i32> = md
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+                    .unwrap_or_default();
+                partitions
+                    .into_iter()
+                    .map(|p| {
+                        Some((
+                            p,
+                            client
+                                .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                                .ok()?
+                                .1,
+                        ))
+                    })
+                    .collect::<Option<HashMap<i32, i64>>>()
+            })
+            .await
+            .ok()
+            .flatten()
         })
         .await
         .unwrap()
@@ -231,21 +236,28 @@ impl Env {
     /// The group's committed offsets for `topic` (partitions without a commit are absent).
     pub async fn committed(&self, group: &str, topic: &str) -> HashMap<i32, i64> {
         let partitions: Vec<i32> = self.high_watermarks(topic).await.into_keys().collect();
-        let client = self.client(Some(group));
-        let topic = topic.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut tpl = TopicPartitionList::new();
-            for p in partitions {
-                tpl.add_partition(&topic, p);
-            }
-            let got = client.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-            got.elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(o) => Some((e.partition(), o)),
-                    _ => None,
-                })
-                .collect()
+        wait_until(&format!("the committed offsets of {group}"), DEADLINE, || async {
+            let client = self.client(Some(group));
+            let (topic, partitions) = (topic.to_string(), partitions.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut tpl = TopicPartitionList::new();
+                for p in partitions {
+                    tpl.add_partition(&topic, p);
+                }
+                let got = client.committed_offsets(tpl, Duration::from_secs(10)).ok()?;
+                Some(
+                    got.elements()
+                        .iter()
+                        .filter_map(|e| match e.offset() {
+                            Offset::Offset(o) => Some((e.partition(), o)),
+                            _ => None,
+                        })
+                        .collect::<HashMap<i32, i64>>(),
+                )
+            })
+            .await
+            .ok()
+            .flatten()
         })
         .await
         .unwrap()
@@ -253,19 +265,25 @@ impl Env {
 
     /// Waits until the group has committed every record of `topic`.
     pub async fn wait_caught_up(&self, group: &str, topic: &str) {
+        self.try_wait_caught_up(group, topic).await.unwrap();
+    }
+
+    /// As [`Env::wait_caught_up`], failing with the last committed offsets.
+    pub async fn try_wait_caught_up(&self, group: &str, topic: &str) -> anyhow::Result<()> {
         let high = self.high_watermarks(topic).await;
-        wait_until(
-            &format!("group {group} to commit all of {topic} ({high:?})"),
+        let last = std::sync::Mutex::new(HashMap::new());
+        let outcome = wait_until(
+            &format!("group {group} to commit all of {topic}"),
             DEADLINE,
             || async {
                 let committed = self.committed(group, topic).await;
-                high.iter()
-                    .all(|(p, h)| *h == 0 || committed.get(p) == Some(h))
-                    .then_some(())
+                let done = high.iter().all(|(p, h)| *h == 0 || committed.get(p) == Some(h));
+                *last.lock().unwrap() = committed;
+                done.then_some(())
             },
         )
-        .await
-        .unwrap();
+        .await;
+        outcome.map_err(|e| anyhow::anyhow!("{e}: end {high:?}, committed {:?}", last.lock().unwrap()))
     }
 
     /// Every record of `topic` from the start to the current end, in offset order per partition.
