@@ -45,11 +45,19 @@ struct Cached {
     renew_at: Instant,
 }
 
+/// The cache: the current token, and why the next one will be fetched.
+#[derive(Default)]
+struct Cache {
+    current: Option<Cached>,
+    /// Dataverse refused the last token before it was due for renewal.
+    rejected: bool,
+}
+
 /// Hands out a valid bearer token, fetching a new one when needed (one fetch at a time).
 pub struct TokenSource {
     http: reqwest::Client,
     credentials: Credentials,
-    cached: Mutex<Option<Cached>>,
+    cached: Mutex<Cache>,
     /// Serialises renewals so a burst of requests with an expiring token fetches one new token,
     /// not one each. Held across the fetch on purpose; the cache itself is a short std lock.
     renewing: tokio::sync::Mutex<()>,
@@ -92,15 +100,16 @@ impl TokenSource {
         TokenSource {
             http,
             credentials,
-            cached: Mutex::new(None),
+            cached: Mutex::new(Cache::default()),
             renewing: tokio::sync::Mutex::new(()),
             metrics,
         }
     }
 
     fn fresh(&self) -> Option<Arc<str>> {
-        let cached = lock(&self.cached);
-        cached
+        let cache = lock(&self.cached);
+        cache
+            .current
             .as_ref()
             .filter(|c| Instant::now() < c.renew_at)
             .map(|c| c.token.clone())
@@ -115,32 +124,36 @@ impl TokenSource {
         if let Some(token) = self.fresh() {
             return Ok(token);
         }
-        let reason = if lock(&self.cached).is_some() {
-            "expiring"
-        } else {
-            "initial"
-        };
         let (token, lifetime) = self.fetch().await?;
+        let mut cache = lock(&self.cached);
+        let reason = match (&cache.current, cache.rejected) {
+            (_, true) => "rejected",
+            (Some(_), false) => "expiring",
+            (None, false) => "initial",
+        };
         self.metrics.token_renewed(reason);
         tracing::debug!(
             lifetime_secs = lifetime.as_secs(),
             reason,
             "access token obtained"
         );
-        *lock(&self.cached) = Some(Cached {
-            token: token.clone(),
-            renew_at: Instant::now() + renew_after(lifetime),
-        });
+        *cache = Cache {
+            current: Some(Cached {
+                token: token.clone(),
+                renew_at: Instant::now() + renew_after(lifetime),
+            }),
+            rejected: false,
+        };
         Ok(token)
     }
 
     /// Dataverse refused `token` (401): forget it, so the next call fetches a new one. A token
     /// already replaced by a concurrent renewal is left alone.
     pub fn reject(&self, token: &str) {
-        let mut cached = lock(&self.cached);
-        if cached.as_ref().is_some_and(|c| &*c.token == token) {
-            *cached = None;
-            self.metrics.token_rejected();
+        let mut cache = lock(&self.cached);
+        if cache.current.as_ref().is_some_and(|c| &*c.token == token) {
+            cache.current = None;
+            cache.rejected = true;
         }
     }
 

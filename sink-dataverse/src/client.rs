@@ -286,7 +286,8 @@ impl Transport {
             Ok(raw) => raw,
             Err(e) => return Some(vec![Err(e); ops.len()]),
         };
-        if raw.status >= 500 || raw.status == 408 || raw.status == 409 {
+        // 401 here is a second refusal after a renewal: transient, like a server error.
+        if raw.status >= 500 || matches!(raw.status, 401 | 408 | 409) {
             let e = classify(raw.status, &raw.body, false);
             return Some(vec![Err(e); ops.len()]);
         }

@@ -30,6 +30,11 @@ pub struct SinkConfig {
     pub telemetry: TelemetrySettings,
     /// Consumer group. Default `sink-dataverse`.
     pub group: String,
+    /// Static group membership (Kafka's `group.instance.id`): unique per instance and stable
+    /// across its restarts (a pod name, say). A restarted instance takes its partitions back at
+    /// once instead of waiting for the group to notice the old process is gone. Default unset:
+    /// dynamic membership.
+    pub instance_id: Option<String>,
     /// Topic of normalised customer changes. Default `customers.normalized`.
     pub input_topic: String,
     /// Where records Dataverse refuses go. Default `<input_topic>.dlq`.
@@ -66,6 +71,7 @@ impl Default for SinkConfig {
             registry: RegistrySettings::default(),
             telemetry: TelemetrySettings::default(),
             group: "sink-dataverse".into(),
+            instance_id: None,
             input_topic: schemas::topics::CUSTOMERS_NORMALIZED.into(),
             dlq_topic: None,
             create_dlq_topic: true,
@@ -328,6 +334,9 @@ impl Settings for SinkConfig {
             if value.trim().is_empty() {
                 return Err(ConfigError::invalid(name, "must not be empty"));
             }
+        }
+        if self.instance_id.as_ref().is_some_and(|id| id.trim().is_empty()) {
+            return Err(ConfigError::invalid("instance_id", "must not be empty when set"));
         }
         if self.dlq_topic() == self.input_topic {
             return Err(ConfigError::invalid("dlq_topic", "must differ from input_topic"));
@@ -697,6 +706,7 @@ mod tests {
                 "dataverse.delete_mode",
             ),
             (vec![("SINK_MAX_CONCURENCY", "3")], "max_concurency"),
+            (vec![("SINK_INSTANCE_ID", "")], "instance_id"),
         ] {
             let err = load(&vars).expect_err(setting).to_string();
             assert!(err.contains(setting), "{vars:?}: `{err}` does not name {setting}");

@@ -111,7 +111,6 @@ pub async fn run(
     let ops_stop = CancellationToken::new();
     let router = ops::router(registry, readiness_checks(&config, &tokens, &transport, &columns));
     let server = tokio::spawn(ops::serve(ops_listener, router, ops_stop.clone()));
-    println!("sink-dataverse ops listening on http://{addr}");
     tracing::info!(%addr, environment = %dv.environment(), table = %columns.table, "sink-dataverse starting");
 
     let result = consume(&config, transport, columns, metrics, shutdown).await;
@@ -151,8 +150,13 @@ async fn consume(
     .context("creating the dead-letter producer")?;
     let dead_letters = DeadLetters::new(Arc::new(producer), handler::STAGE, Duration::from_secs(30));
 
-    let (kafka, group, topic, loop_settings) = (
-        config.kafka.clone(),
+    let mut kafka = config.kafka.clone();
+    if let Some(id) = &config.instance_id {
+        kafka
+            .properties
+            .insert("group.instance.id".into(), id.trim().to_string());
+    }
+    let (group, topic, loop_settings) = (
         config.group.clone(),
         config.input_topic.clone(),
         config.consumer.loop_settings(),

@@ -49,6 +49,10 @@ async fn run(config: SinkConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("invalid setting `listen`: cannot bind {}", config.listen))?;
+    println!(
+        "sink-dataverse ops listening on http://{}",
+        listener.local_addr()?
+    );
     let result = sink_dataverse::run(config, listener, shutdown).await;
     if let Err(e) = &result {
         tracing::error!(error = format!("{e:#}"), "sink-dataverse failed");

@@ -194,13 +194,6 @@ impl Metrics {
         self.token_renewals.get_or_create(&ReasonLabel { reason }).inc();
     }
 
-    /// A token was refused by Dataverse before it expired; the next renewal is for that reason.
-    pub fn token_rejected(&self) {
-        self.token_renewals
-            .get_or_create(&ReasonLabel { reason: "rejected" })
-            .inc();
-    }
-
     pub fn concurrency_limit(&self, limit: usize) {
         self.concurrency_limit.set(limit as i64);
     }
