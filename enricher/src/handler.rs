@@ -312,11 +312,15 @@ impl Enricher {
             match (failed, stop) {
                 (None, None) => return Ok(()),
                 (None, Some(e)) => {
-                    // Enqueueing stopped (typically a full local queue): what was enqueued is
-                    // acknowledged; carry on from there.
+                    // Enqueueing stopped (typically a local queue full of other partitions'
+                    // records): what was enqueued is acknowledged; carry on from there, after a
+                    // pause when nothing could be enqueued or the error was not a full queue.
                     from += enqueued;
-                    if !matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) {
-                        self.metrics.retried("broker");
+                    let queue_full = matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
+                    if enqueued == 0 || !queue_full {
+                        if !queue_full {
+                            self.metrics.retried("broker");
+                        }
                         self.wait(&mut backoff, &e, cancel).await?;
                     }
                 }
