@@ -130,17 +130,22 @@ async fn consume(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    check_dataverse(&transport, &columns).await?;
+    // Start-up steps can wait on unreachable services; a shutdown meanwhile ends them.
+    tokio::select! {
+        checked = check_dataverse(&transport, &columns) => checked?,
+        () = shutdown.cancelled() => return Ok(()),
+    }
 
     let codec = schemas::Codec::new(&config.registry.codec_config()).context("schema registry settings")?;
     let dlq_topic = config.dlq_topic();
     if config.create_dlq_topic {
-        common::kafka::ensure_topics(
-            &config.kafka,
-            &[TopicSpec::new(&dlq_topic, config.dlq_partitions)],
-        )
-        .await
-        .with_context(|| format!("creating the dead-letter topic {dlq_topic}"))?;
+        let topics = [TopicSpec::new(&dlq_topic, config.dlq_partitions)];
+        tokio::select! {
+            created = common::kafka::ensure_topics(&config.kafka, &topics) => {
+                created.with_context(|| format!("creating the dead-letter topic {dlq_topic}"))?;
+            }
+            () = shutdown.cancelled() => return Ok(()),
+        }
     }
     let kafka = config.kafka.clone();
     let producer = tokio::task::spawn_blocking(move || {

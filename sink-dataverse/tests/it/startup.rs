@@ -53,3 +53,39 @@ async fn refused_credentials_and_columns_fail_at_start_up() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn a_shutdown_during_start_up_ends_it_promptly() {
+    // Dataverse hangs: the start-up check waits on it.
+    let emu = dataverse_emulator::spawn(dataverse_emulator::Config {
+        faults: dataverse_emulator::FaultConfig {
+            added_latency_ms: 60_000,
+            ..Default::default()
+        },
+        ..dataverse_emulator::Config::default()
+    })
+    .await
+    .unwrap();
+    let admin = crate::support::Admin::of(&emu);
+    let config = SinkConfig {
+        dataverse: dataverse_settings(&emu),
+        request_timeout: common::config::HumanDuration::secs(60),
+        ..SinkConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(sink_dataverse::run(config, listener, shutdown.clone()));
+    harness::wait_until(
+        "the start-up check in flight",
+        crate::support::DEADLINE,
+        || async { (admin.stats().await["in_flight"].as_u64() >= Some(1)).then_some(()) },
+    )
+    .await
+    .unwrap();
+    shutdown.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(10), run)
+        .await
+        .expect("shutdown ends start-up promptly")
+        .unwrap()
+        .unwrap();
+}
