@@ -68,21 +68,13 @@ struct Reason {
 impl<C: Contacts + 'static> BatchHandler for SinkHandler<C> {
     async fn handle(&self, batch: Vec<Record>, cancel: &CancellationToken) -> Result<(), Abandoned> {
         // Decode in offset order; undecodable records are dead-lettered on the way.
-        let mut groups: Vec<Vec<(Record, Customer)>> = Vec::new();
-        let mut by_customer: HashMap<String, usize> = HashMap::new();
+        let mut decoded = Vec::with_capacity(batch.len());
         for record in batch {
-            let Some(change) = self.decode(&record, cancel).await? else {
-                continue;
-            };
-            // Dataverse compares text keys without regard to case, so ids that differ only in
-            // case are one contact and must stay in order too.
-            let key = change.customer_id.to_lowercase();
-            let index = *by_customer.entry(key).or_insert_with(|| {
-                groups.push(Vec::new());
-                groups.len() - 1
-            });
-            groups[index].push((record, change));
+            if let Some(change) = self.decode(&record, cancel).await? {
+                decoded.push((record, change));
+            }
         }
+        let groups = by_customer(decoded, |(_, change): &(Record, Customer)| &change.customer_id);
         let results = futures::future::join_all(groups.iter().map(|changes| async move {
             for (record, change) in changes {
                 self.process(record, change, cancel).await?;
@@ -92,6 +84,24 @@ impl<C: Contacts + 'static> BatchHandler for SinkHandler<C> {
         .await;
         results.into_iter().collect()
     }
+}
+
+/// Splits a partition's changes into one group per customer, each in the order given (offset
+/// order), groups in order of first appearance. Different groups may then run concurrently; a
+/// group runs strictly in order. Dataverse compares text keys without regard to case, so ids that
+/// differ only in case are one contact and one group.
+pub fn by_customer<T>(items: Vec<T>, customer_id: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for item in items {
+        let key = customer_id(&item).to_lowercase();
+        let i = *index.entry(key).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[i].push(item);
+    }
+    groups
 }
 
 impl<C: Contacts> SinkHandler<C> {
@@ -242,5 +252,33 @@ impl<C: Contacts> SinkHandler<C> {
             .await?;
         self.metrics.dead_lettered(reason.class);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the mix of customers in a batch, each group holds one customer's changes in
+        /// their original (offset) order, and every change is in exactly one group.
+        #[test]
+        fn groups_keep_each_customers_order(keys in proptest::collection::vec(0u8..6, 0..60)) {
+            let items: Vec<(usize, String)> = keys
+                .iter()
+                .enumerate()
+                .map(|(offset, k)| (offset, if k % 2 == 0 { format!("cus_{k}") } else { format!("CUS_{}", k - 1) }))
+                .collect();
+            let groups = by_customer(items.clone(), |(_, id): &(usize, String)| id.as_str());
+            prop_assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), items.len());
+            let mut seen = std::collections::HashSet::new();
+            for group in &groups {
+                let id = group[0].1.to_lowercase();
+                prop_assert!(seen.insert(id.clone()), "one group per customer");
+                prop_assert!(group.iter().all(|(_, c)| c.to_lowercase() == id));
+                prop_assert!(group.windows(2).all(|w| w[0].0 < w[1].0), "offset order within a customer");
+            }
+        }
     }
 }
