@@ -340,7 +340,11 @@ async fn leave_group(consumer: Arc<StreamConsumer<LoopContext>>, group: &str, ti
     let deadline = tokio::time::Instant::now() + timeout;
     while !closer.is_finished() {
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(group, ?timeout, "leaving the consumer group did not finish in time; the broker expires the membership");
+            tracing::warn!(
+                group,
+                ?timeout,
+                "leaving the consumer group did not finish in time; the broker expires the membership"
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
