@@ -167,7 +167,9 @@ impl TableConfig {
         );
         columns.insert(
             "new_stripeeventcreated".to_owned(),
-            ColumnConfig::new(ColumnType::Integer),
+            // Unix seconds outgrow a whole number (Int32) in 2038: a Big Integer column, as the
+            // sink's README asks of real environments.
+            ColumnConfig::new(ColumnType::BigInt),
         );
         columns.insert(
             "new_stripedeleted".to_owned(),
@@ -598,7 +600,7 @@ mod tests {
         );
         assert_eq!(
             contacts.columns["new_stripeeventcreated"].kind,
-            ColumnType::Integer
+            ColumnType::BigInt
         );
         assert_eq!(contacts.columns["new_stripedeleted"].kind, ColumnType::Boolean);
     }

@@ -978,9 +978,10 @@ mod tests {
         let mut undo = Vec::new();
         let cases = [
             (json!({"nope": 1}), "0x80048d19", "nope"),
-            (json!({"new_stripeeventcreated": "x"}), "0x80048d19", "Edm.Int32"),
+            (json!({"new_stripeeventcreated": "x"}), "0x80048d19", "Edm.Int64"),
+            (json!({"new_stripeeventcreated": 1.5}), "0x80048d19", "Edm.Int64"),
             (
-                json!({"new_stripeeventcreated": 99_999_999_999_i64}),
+                json!({"statecode": 99_999_999_999_i64}),
                 "0x80048d19",
                 "Edm.Int32",
             ),

@@ -419,7 +419,7 @@ async fn bad_input_gets_a_400_with_the_odata_shape_and_a_clear_message() {
             Method::PATCH,
             &key,
             "{\"new_stripeeventcreated\": \"soon\"}",
-            "Edm.Int32",
+            "Edm.Int64",
         ),
         (Method::PATCH, &key, "{\"firstname\": 5}", "Edm.String"),
         (Method::PATCH, "contacts(not-a-guid)", "{}", "not a valid key"),
