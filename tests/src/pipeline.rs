@@ -131,12 +131,20 @@ impl Pipeline {
                 set(&mut env, "ENRICHER_OUTPUT_TOPIC", &n.customers_topic);
                 set(&mut env, "ENRICHER_GROUP", &n.enricher_group);
                 set(&mut env, "ENRICHER_TOPIC_PARTITIONS", "3");
+                // Static membership: a restarted stage takes its partitions back at once (and the
+                // local broker mishandles a dynamic member rejoining after a kill).
+                set(
+                    &mut env,
+                    "ENRICHER_INSTANCE_ID",
+                    &format!("{}-1", n.enricher_group),
+                );
             }
             Stage::Sink => {
                 let emulator = self.emulator_url();
                 set(&mut env, "SINK_LISTEN", &addr);
                 set(&mut env, "SINK_INPUT_TOPIC", &n.customers_topic);
                 set(&mut env, "SINK_GROUP", &n.sink_group);
+                set(&mut env, "SINK_INSTANCE_ID", &format!("{}-1", n.sink_group));
                 set(&mut env, "SINK_DATAVERSE__ENVIRONMENT_URL", &emulator);
                 set(
                     &mut env,

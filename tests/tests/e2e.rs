@@ -147,3 +147,64 @@ async fn signed_webhooks_become_normalised_contacts() {
     let c = pipeline.contact("cus_e2e_1").await.unwrap().unwrap();
     assert_eq!(c["emailaddress1"], "grace@example.com");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_consuming_stages_mid_stream_loses_no_acknowledged_event() {
+    let mut pipeline = Pipeline::start().await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let total = 40;
+    let send = |i: usize| {
+        customer_event(
+            &format!("evt_kill_{i}"),
+            "customer.created",
+            now,
+            customer(
+                &format!("cus_kill_{i}"),
+                &format!("Customer {i}"),
+                &format!("c{i}@example.com"),
+            ),
+        )
+    };
+
+    for i in 0..total / 2 {
+        assert_eq!(pipeline.send_webhook(&send(i)).await.unwrap().status(), 200);
+    }
+    // Crash both consuming stages while the first half is in flight, send the rest, restart.
+    pipeline.kill(Stage::Enricher);
+    pipeline.kill(Stage::Sink);
+    for i in total / 2..total {
+        assert_eq!(
+            pipeline.send_webhook(&send(i)).await.unwrap().status(),
+            200,
+            "the gateway does not depend on them"
+        );
+    }
+    pipeline.start_stage(Stage::Enricher).await.unwrap();
+    pipeline.start_stage(Stage::Sink).await.unwrap();
+
+    let contacts = wait_until(
+        "every acknowledged customer in Dataverse",
+        Duration::from_secs(120),
+        || async {
+            let contacts = pipeline.contacts().await.ok()?;
+            let found = (0..total)
+                .filter(|i| {
+                    contacts
+                        .iter()
+                        .any(|c| c["new_stripecustomerid"] == format!("cus_kill_{i}"))
+                })
+                .count();
+            (found == total).then_some(contacts)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        contacts.len(),
+        total,
+        "one contact per customer, however often a change was redelivered"
+    );
+}
