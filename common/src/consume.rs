@@ -28,7 +28,12 @@ use rdkafka::{
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::KafkaSettings, offsets::OffsetTracker};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{ConfigError, HumanDuration, KafkaSettings},
+    offsets::OffsetTracker,
+};
 
 /// One consumed record, owned so it can outlive the poll that delivered it.
 #[derive(Debug, Clone)]
@@ -104,6 +109,78 @@ impl Default for LoopSettings {
             shutdown_grace: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+/// The loop's tuning as a stage's `consumer` configuration section, with documented defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Most records of one partition handled together. Default 100.
+    pub max_batch: usize,
+    /// Records queued for one partition before it is paused. Default 1000.
+    pub max_queued_per_partition: usize,
+    /// How often finished offsets are handed to the background commit (which runs every second;
+    /// `kafka.properties.auto.commit.interval.ms` changes that). Default `200ms`.
+    pub store_interval: HumanDuration,
+    /// On shutdown, how long batches in hand may run before they are abandoned (and redelivered to
+    /// the next owner). Default `10s`.
+    pub shutdown_grace: HumanDuration,
+    /// How often consumer lag is measured for `/metrics`. Default `10s`.
+    pub lag_interval: HumanDuration,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        let d = LoopSettings::default();
+        ConsumerSettings {
+            max_batch: d.max_batch,
+            max_queued_per_partition: d.max_queued_per_partition,
+            store_interval: HumanDuration(d.store_interval),
+            shutdown_grace: HumanDuration(d.shutdown_grace),
+            lag_interval: HumanDuration::secs(10),
+        }
+    }
+}
+
+impl ConsumerSettings {
+    pub fn loop_settings(&self) -> LoopSettings {
+        LoopSettings {
+            max_batch: self.max_batch,
+            max_queued_per_partition: self.max_queued_per_partition,
+            store_interval: self.store_interval.into(),
+            shutdown_grace: self.shutdown_grace.into(),
+            ..LoopSettings::default()
+        }
+    }
+
+    /// Rejects settings that parse but cannot work; `section` names them in the error.
+    pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        if self.max_batch == 0 {
+            return Err(ConfigError::invalid(
+                format!("{section}.max_batch"),
+                "must be at least 1",
+            ));
+        }
+        if self.max_queued_per_partition < self.max_batch {
+            return Err(ConfigError::invalid(
+                format!("{section}.max_queued_per_partition"),
+                format!("must be at least {section}.max_batch"),
+            ));
+        }
+        if self.store_interval.0.is_zero() {
+            return Err(ConfigError::invalid(
+                format!("{section}.store_interval"),
+                "must be above zero",
+            ));
+        }
+        if self.lag_interval.0 < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                format!("{section}.lag_interval"),
+                "must be at least 100ms",
+            ));
+        }
+        Ok(())
     }
 }
 

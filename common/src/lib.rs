@@ -14,6 +14,7 @@
 //! * [`replay`] — reset a group's committed offsets by offset, time, earliest or latest.
 //! * [`retry`] — capped, jittered backoff.
 //! * [`shutdown`] — SIGINT/SIGTERM as a cancellation token.
+//! * [`stage`] — the command line every consuming stage shares (`run`, `print-config`, `replay`).
 
 pub mod config;
 pub mod consume;
@@ -24,6 +25,7 @@ pub mod ops;
 pub mod replay;
 pub mod retry;
 pub mod shutdown;
+pub mod stage;
 pub mod telemetry;
 
 pub use config::Secret;

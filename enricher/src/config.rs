@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use common::{
     config::{ConfigError, HumanDuration, KafkaSettings, RegistrySettings, Settings},
-    consume::LoopSettings,
+    consume::ConsumerSettings,
     telemetry::TelemetrySettings,
 };
 use schemas::topics;
@@ -44,16 +44,13 @@ pub struct EnricherConfig {
     pub create_topics: bool,
     /// Partition count of topics this stage creates (existing topics are left alone).
     pub topic_partitions: i32,
-    /// Tuning of the commit-after-success consumer loop.
-    #[serde(rename = "loop")]
-    pub consumer_loop: LoopConfig,
+    /// Tuning of the commit-after-success consumer loop, and how often lag is measured.
+    pub consumer: ConsumerSettings,
     /// How long one output record may wait for the broker's acknowledgement (librdkafka
     /// `message.timeout.ms`, retries included) before it is produced again.
     pub produce_timeout: HumanDuration,
     /// Retry delays for transient failures (broker, registry).
     pub backoff: BackoffConfig,
-    /// How often consumer lag is measured for `/metrics`.
-    pub lag_interval: HumanDuration,
 }
 
 impl Default for EnricherConfig {
@@ -74,49 +71,9 @@ impl Default for EnricherConfig {
                 .collect(),
             create_topics: true,
             topic_partitions: 6,
-            consumer_loop: LoopConfig::default(),
+            consumer: ConsumerSettings::default(),
             produce_timeout: HumanDuration::secs(30),
             backoff: BackoffConfig::default(),
-            lag_interval: HumanDuration::secs(10),
-        }
-    }
-}
-
-/// The consumer loop's knobs, as settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LoopConfig {
-    /// Most records handled (and produced) as one batch.
-    pub max_batch: usize,
-    /// Records queued for one partition before it is paused.
-    pub max_queued_per_partition: usize,
-    /// How often finished offsets are stored for the background commit.
-    pub store_interval: HumanDuration,
-    /// How long in-flight batches may run after shutdown begins before they are abandoned (and
-    /// redelivered to the next owner).
-    pub shutdown_grace: HumanDuration,
-}
-
-impl Default for LoopConfig {
-    fn default() -> Self {
-        let d = LoopSettings::default();
-        LoopConfig {
-            max_batch: d.max_batch,
-            max_queued_per_partition: d.max_queued_per_partition,
-            store_interval: HumanDuration(d.store_interval),
-            shutdown_grace: HumanDuration(d.shutdown_grace),
-        }
-    }
-}
-
-impl From<&LoopConfig> for LoopSettings {
-    fn from(c: &LoopConfig) -> Self {
-        LoopSettings {
-            max_batch: c.max_batch,
-            max_queued_per_partition: c.max_queued_per_partition,
-            store_interval: c.store_interval.into(),
-            shutdown_grace: c.shutdown_grace.into(),
-            ..LoopSettings::default()
         }
     }
 }
@@ -216,21 +173,7 @@ impl Settings for EnricherConfig {
                 "must be between 1 and 10000",
             ));
         }
-        if self.consumer_loop.max_batch == 0 {
-            return Err(ConfigError::invalid("loop.max_batch", "must be at least 1"));
-        }
-        if self.consumer_loop.max_queued_per_partition < self.consumer_loop.max_batch {
-            return Err(ConfigError::invalid(
-                "loop.max_queued_per_partition",
-                "must be at least loop.max_batch",
-            ));
-        }
-        if self.consumer_loop.store_interval.0.is_zero() {
-            return Err(ConfigError::invalid(
-                "loop.store_interval",
-                "must be longer than 0",
-            ));
-        }
+        self.consumer.validate("consumer")?;
         if self.produce_timeout.0 < Duration::from_millis(100) {
             return Err(ConfigError::invalid("produce_timeout", "must be at least 100ms"));
         }
@@ -243,10 +186,31 @@ impl Settings for EnricherConfig {
                 "must be at least backoff.initial",
             ));
         }
-        if self.lag_interval.0 < Duration::from_millis(100) {
-            return Err(ConfigError::invalid("lag_interval", "must be at least 100ms"));
-        }
         Ok(())
+    }
+}
+
+impl common::stage::ConsumingStage for EnricherConfig {
+    const NAME: &'static str = crate::STAGE;
+
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    fn kafka(&self) -> &KafkaSettings {
+        &self.kafka
+    }
+
+    fn telemetry(&self) -> &TelemetrySettings {
+        &self.telemetry
+    }
+
+    fn group(&self) -> &str {
+        &self.group
+    }
+
+    fn input_topic(&self) -> &str {
+        &self.input_topic
     }
 }
 
@@ -275,7 +239,7 @@ mod tests {
         assert_eq!(c.event_types.len(), 3);
         assert!(c.create_topics);
         assert_eq!(c.topic_partitions, 6);
-        assert_eq!(c.consumer_loop.max_batch, 100);
+        assert_eq!(c.consumer.max_batch, 100);
     }
 
     #[test]
@@ -286,7 +250,7 @@ mod tests {
                 ("SCHEMA_REGISTRY_URL", "http://r:8081"),
                 ("ENRICHER_GROUP", "enricher-blue"),
                 ("ENRICHER_INPUT_TOPIC", "in"),
-                ("ENRICHER_LOOP__MAX_BATCH", "7"),
+                ("ENRICHER_CONSUMER__MAX_BATCH", "7"),
                 ("ENRICHER_EVENT_TYPES", "[customer.created, customer.updated]"),
             ],
             &[("produce_timeout", "2s"), ("backoff.max", "5s")],
@@ -296,7 +260,7 @@ mod tests {
         assert_eq!(c.registry.url, "http://r:8081");
         assert_eq!(c.group, "enricher-blue");
         assert_eq!(c.dlq_topic(), "in.dlq");
-        assert_eq!(c.consumer_loop.max_batch, 7);
+        assert_eq!(c.consumer.max_batch, 7);
         assert_eq!(c.produce_timeout, HumanDuration::secs(2));
         assert_eq!(c.backoff.max, HumanDuration::secs(5));
         assert!(!c.event_types.contains(CUSTOMER_DELETED));
@@ -312,7 +276,7 @@ mod tests {
             (("event_types", "[invoice.paid]"), "event_types"),
             (("event_types", "[]"), "event_types"),
             (("topic_partitions", "0"), "topic_partitions"),
-            (("loop.max_batch", "0"), "loop.max_batch"),
+            (("consumer.max_batch", "0"), "consumer.max_batch"),
             (("produce_timeout", "1ms"), "produce_timeout"),
             (("backoff.initial", "0s"), "backoff.initial"),
             (("kafka.bootstrap_servers", ""), "kafka.bootstrap_servers"),
@@ -329,7 +293,7 @@ mod tests {
     fn rendered_config_loads_back() {
         let c = load(&[], &[("dlq_topic", "dead")]).unwrap();
         let text = common::config::render(&c);
-        assert!(text.contains("[loop]"), "{text}");
+        assert!(text.contains("[consumer]"), "{text}");
         let back: EnricherConfig = toml::from_str(&text).unwrap();
         assert_eq!(back, c);
     }

@@ -129,7 +129,7 @@ async fn run_consumer(
             kafka.properties.insert("group.instance.id".into(), id.clone());
         }
         let (group, input) = (config.group.clone(), config.input_topic.clone());
-        let settings = (&config.consumer_loop).into();
+        let settings = config.consumer.loop_settings();
         tokio::task::spawn_blocking(move || {
             ConsumerLoop::new(&kafka, STAGE, &group, &[input.as_str()], settings)
         })
@@ -150,7 +150,7 @@ async fn run_consumer(
         consumer_loop.consumer(),
         lag_client,
         metrics.clone(),
-        config.lag_interval.into(),
+        config.consumer.lag_interval.into(),
         lag_stop.clone(),
     ));
 

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use common::config::{ConfigError, HumanDuration, KafkaSettings, RegistrySettings, Secret, Settings};
-use common::consume::LoopSettings;
+pub use common::consume::ConsumerSettings;
 use common::telemetry::TelemetrySettings;
 use serde::{Deserialize, Serialize};
 
@@ -272,48 +272,6 @@ impl Default for RetrySettings {
     }
 }
 
-/// The consumer loop's tuning (see `common::consume::LoopSettings`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ConsumerSettings {
-    /// Most records of one partition handled together. Default 100.
-    pub max_batch: usize,
-    /// Records queued for one partition before it is paused. Default 1000.
-    pub max_queued_per_partition: usize,
-    /// How often finished offsets are handed to the background commit (which runs every second;
-    /// `kafka.properties."auto.commit.interval.ms"` changes that). Default `200ms`.
-    pub store_interval: HumanDuration,
-    /// On shutdown, how long in-flight writes may finish before they are abandoned. Default `10s`.
-    pub shutdown_grace: HumanDuration,
-    /// How often consumer lag is measured for `/metrics`. Default `10s`.
-    pub lag_interval: HumanDuration,
-}
-
-impl Default for ConsumerSettings {
-    fn default() -> Self {
-        let defaults = LoopSettings::default();
-        ConsumerSettings {
-            max_batch: defaults.max_batch,
-            max_queued_per_partition: defaults.max_queued_per_partition,
-            store_interval: HumanDuration(defaults.store_interval),
-            shutdown_grace: HumanDuration(defaults.shutdown_grace),
-            lag_interval: HumanDuration::secs(10),
-        }
-    }
-}
-
-impl ConsumerSettings {
-    pub fn loop_settings(&self) -> LoopSettings {
-        LoopSettings {
-            max_batch: self.max_batch,
-            max_queued_per_partition: self.max_queued_per_partition,
-            store_interval: self.store_interval.into(),
-            shutdown_grace: self.shutdown_grace.into(),
-            ..LoopSettings::default()
-        }
-    }
-}
-
 impl SinkConfig {
     /// The dead-letter topic in effect.
     pub fn dlq_topic(&self) -> String {
@@ -396,28 +354,7 @@ impl Settings for SinkConfig {
                 "must be at least retry.default_retry_after",
             ));
         }
-        let c = &self.consumer;
-        if c.max_batch == 0 {
-            return Err(ConfigError::invalid("consumer.max_batch", "must be at least 1"));
-        }
-        if c.max_queued_per_partition < c.max_batch {
-            return Err(ConfigError::invalid(
-                "consumer.max_queued_per_partition",
-                "must be at least consumer.max_batch",
-            ));
-        }
-        if c.store_interval.0.is_zero() {
-            return Err(ConfigError::invalid(
-                "consumer.store_interval",
-                "must be above zero",
-            ));
-        }
-        if c.lag_interval.0 < Duration::from_millis(100) {
-            return Err(ConfigError::invalid(
-                "consumer.lag_interval",
-                "must be at least 100ms",
-            ));
-        }
+        self.consumer.validate("consumer")?;
         self.validate_dataverse()?;
         self.validate_columns()
     }
@@ -588,6 +525,30 @@ pub fn is_identifier(name: &str) -> bool {
         && name.len() <= 100
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
+impl common::stage::ConsumingStage for SinkConfig {
+    const NAME: &'static str = crate::handler::STAGE;
+
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    fn kafka(&self) -> &KafkaSettings {
+        &self.kafka
+    }
+
+    fn telemetry(&self) -> &TelemetrySettings {
+        &self.telemetry
+    }
+
+    fn group(&self) -> &str {
+        &self.group
+    }
+
+    fn input_topic(&self) -> &str {
+        &self.input_topic
+    }
 }
 
 #[cfg(test)]

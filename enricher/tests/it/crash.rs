@@ -18,7 +18,7 @@ async fn killing_the_enricher_mid_stream_loses_nothing() {
     let addr = ([127, 0, 0, 1], free_port()).into();
     let mut process_env = env.process_env(&t, addr);
     // Small batches, so the stream takes long enough to be interrupted half-way.
-    process_env.push(("ENRICHER_LOOP__MAX_BATCH".into(), "5".into()));
+    process_env.push(("ENRICHER_CONSUMER__MAX_BATCH".into(), "5".into()));
     // Restarting in place, as an orchestrator does: the same instance id, so the new process takes
     // the partitions back at once. (With dynamic membership the group must first notice the old
     // member is gone; the local broker does not finish a rebalance whose leader died, so a new

@@ -66,7 +66,6 @@ impl Env {
             input_topic: t.input.clone(),
             output_topic: t.output.clone(),
             topic_partitions: 3,
-            lag_interval: HumanDuration::millis(200),
             backoff: BackoffConfig {
                 initial: HumanDuration::millis(50),
                 max: HumanDuration::secs(1),
@@ -74,7 +73,8 @@ impl Env {
             ..EnricherConfig::default()
         };
         c.registry.timeout = HumanDuration::secs(2);
-        c.consumer_loop.shutdown_grace = HumanDuration::secs(5);
+        c.consumer.shutdown_grace = HumanDuration::secs(5);
+        c.consumer.lag_interval = HumanDuration::millis(200);
         c
     }
 
@@ -88,7 +88,7 @@ impl Env {
             ("ENRICHER_INPUT_TOPIC", t.input.clone()),
             ("ENRICHER_OUTPUT_TOPIC", t.output.clone()),
             ("ENRICHER_TOPIC_PARTITIONS", "3".into()),
-            ("ENRICHER_LAG_INTERVAL", "200ms".into()),
+            ("ENRICHER_CONSUMER__LAG_INTERVAL", "200ms".into()),
             ("RUST_LOG", "info,rdkafka=warn".into()),
         ]
         .into_iter()
