@@ -37,13 +37,18 @@ impl OffsetTracker {
         Self::default()
     }
 
-    /// A record was handed to processing. Offsets of one partition must start in increasing
-    /// order (the order the consumer delivers them); an offset at or below one already started is
-    /// a redelivery after a rebalance or seek and is tracked again.
+    /// A record was handed to processing. The consumer delivers a partition's offsets in
+    /// increasing order; an offset at or below one already started means its position moved back
+    /// (an out-of-range reset to earliest, a seek). The tracker then follows the position: what
+    /// was started at or after it will be delivered again and counts only then, so the commit
+    /// point never stays at the old high mark past records not yet re-read.
     pub fn start(&mut self, topic: &str, partition: i32, offset: i64) {
         let p = self.partitions.entry((topic.to_string(), partition)).or_default();
+        if p.highest_started.is_some_and(|h| offset <= h) {
+            p.in_flight.retain(|o| *o < offset);
+        }
         p.in_flight.insert(offset);
-        p.highest_started = Some(p.highest_started.map_or(offset, |h| h.max(offset)));
+        p.highest_started = Some(offset);
     }
 
     /// A record is finished: written downstream, or dead-lettered with its reason.
@@ -58,6 +63,13 @@ impl OffsetTracker {
         self.partitions
             .get(&(topic.to_string(), partition))
             .and_then(Partition::committable)
+    }
+
+    /// Records of one partition started and not finished.
+    pub fn in_flight_in(&self, topic: &str, partition: i32) -> usize {
+        self.partitions
+            .get(&(topic.to_string(), partition))
+            .map_or(0, |p| p.in_flight.len())
     }
 
     /// Records started and not finished, over all partitions.
@@ -125,6 +137,49 @@ mod tests {
         t.revoke("a", 0);
         assert_eq!(t.committable("a", 0), None);
         assert_eq!(t.committable("b", 0), None);
+    }
+
+    #[test]
+    fn a_position_moved_back_is_followed_not_committed_past() {
+        let mut t = OffsetTracker::new();
+        for o in 0..10 {
+            t.start("a", 0, o);
+            t.finish("a", 0, o);
+        }
+        assert_eq!(t.committable("a", 0), Some(10));
+        // The consumer's position is reset to the earliest offset (say the log was truncated and
+        // refilled): records are read again from 0.
+        t.start("a", 0, 0);
+        assert_eq!(t.committable("a", 0), Some(0));
+        t.finish("a", 0, 0);
+        assert_eq!(
+            t.committable("a", 0),
+            Some(1),
+            "the commit follows the re-read records, not the old high mark"
+        );
+        t.start("a", 0, 1);
+        t.start("a", 0, 2);
+        t.finish("a", 0, 2);
+        assert_eq!(t.committable("a", 0), Some(1));
+        t.finish("a", 0, 1);
+        assert_eq!(t.committable("a", 0), Some(3));
+    }
+
+    #[test]
+    fn moving_back_drops_in_flight_records_at_or_after_the_new_position() {
+        let mut t = OffsetTracker::new();
+        for o in 0..6 {
+            t.start("a", 0, o);
+        }
+        t.finish("a", 0, 0);
+        // Seek back to 3 while 1..=5 are in hand: 3..=5 will be delivered again.
+        t.start("a", 0, 3);
+        assert_eq!(t.in_flight(), 3, "1, 2 and the new 3");
+        t.finish("a", 0, 1);
+        t.finish("a", 0, 2);
+        assert_eq!(t.committable("a", 0), Some(3));
+        t.finish("a", 0, 3);
+        assert_eq!(t.committable("a", 0), Some(4), "not 6: 4 and 5 are not re-read yet");
     }
 
     proptest! {
