@@ -291,8 +291,56 @@ impl<'de> Deserialize<'de> for HumanDuration {
 pub struct KafkaSettings {
     /// `host:port[,host:port…]` (`KAFKA_BOOTSTRAP_SERVERS`).
     pub bootstrap_servers: String,
-    /// Extra librdkafka properties, applied last (e.g. `security.protocol`, `sasl.*`).
+    /// Extra librdkafka properties, applied last (e.g. `security.protocol`, `sasl.*`). Values of
+    /// secret properties (see [`is_secret_property`]) are masked when printed.
+    #[serde(serialize_with = "serialize_properties")]
     pub properties: BTreeMap<String, String>,
+}
+
+/// Whether a librdkafka property holds a secret by its name (`sasl.password`,
+/// `ssl.key.password`, `sasl.jaas.config`, `ssl.key.pem`, `sasl.oauthbearer.client.secret`, …).
+pub fn is_secret_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    // Where a secret lives, not the secret (`sasl.oauthbearer.token.endpoint.url`).
+    if name.ends_with(".url") || name.ends_with(".location") {
+        return false;
+    }
+    ["password", "secret", "jaas", "token", "credential", "private"]
+        .iter()
+        .any(|word| name.contains(word))
+        || name.ends_with("key.pem")
+        || name.ends_with(".key")
+}
+
+/// Whether a value looks like a credential whatever its property is called: a PEM block, a JWT,
+/// or a long unbroken run of base64 or hex characters (which host names, paths and lists are not:
+/// they carry dots, slashes, colons or commas).
+pub fn looks_like_secret(value: &str) -> bool {
+    let v = value.trim();
+    if v.contains("-----BEGIN") || (v.starts_with("eyJ") && v.matches('.').count() == 2) {
+        return true;
+    }
+    v.len() >= 24
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '=' | '_' | '-'))
+        && v.chars().any(|c| c.is_ascii_digit())
+        && v.chars().any(|c| c.is_ascii_alphabetic())
+}
+
+fn serialize_properties<S: serde::Serializer>(
+    properties: &BTreeMap<String, String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(properties.len()))?;
+    for (name, value) in properties {
+        if is_secret_property(name) || looks_like_secret(value) {
+            map.serialize_entry(name, "********")?;
+        } else {
+            map.serialize_entry(name, value)?;
+        }
+    }
+    map.end()
 }
 
 impl Default for KafkaSettings {
@@ -496,6 +544,36 @@ mod tests {
         assert_eq!(d.secret.expose(), "whsec_abc");
         assert!(!format!("{d:?}").contains("whsec_abc"));
         assert!(!render(&d).contains("whsec_abc"));
+    }
+
+    #[test]
+    fn secret_kafka_properties_never_print() {
+        let mut d = Demo::default();
+        for (name, value) in [
+            ("sasl.password", "hunter2"),
+            ("ssl.key.password", "pem-pass"),
+            ("sasl.jaas.config", "org.apache.kafka.common.security.plain.PlainLoginModule required username=\"u\" password=\"p4ss\";"),
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----"),
+            ("sasl.oauthbearer.client.secret", "s3cr3t"),
+            ("sasl.oauthbearer.config", "principal=admin"),
+            ("sasl.username", "$ConnectionString"),
+            ("ssl.keystore.location", "/etc/kafka/client.p12"),
+            // Not secret by name, but the value is a credential.
+            ("custom.setting", "AKIAIOSFODNN7EXAMPLE1234abcd"),
+        ] {
+            d.kafka.properties.insert(name.into(), value.into());
+        }
+        let text = render(&d);
+        for leaked in ["hunter2", "pem-pass", "p4ss", "MIIE", "s3cr3t", "AKIAIOSFODNN7EXAMPLE1234abcd"] {
+            assert!(!text.contains(leaked), "{leaked} printed:\n{text}");
+        }
+        assert!(text.contains("\"sasl.password\" = \"********\""), "{text}");
+        // Plain settings stay readable.
+        assert!(text.contains("/etc/kafka/client.p12"), "{text}");
+        assert!(text.contains("$ConnectionString"), "{text}");
+        for value in ["broker-1.example.com:9093,broker-2.example.com:9093", "SASL_SSL", "30000", "/etc/ssl/ca.pem"] {
+            assert!(!looks_like_secret(value), "{value}");
+        }
     }
 
     #[test]
