@@ -6,8 +6,8 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -15,10 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::AppState;
 use crate::compat::{Compatibility, Incompatibility};
 use crate::error::RegistryError;
+use crate::json::{raw_json, sr_json};
 use crate::store::{AVRO, ParsedSchema, VersionSel, parse_avro};
-
-/// Content type of every response.
-pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// Request content types accepted for bodies (besides none at all). Confluent accepts the
 /// same set.
@@ -30,27 +28,6 @@ const ACCEPTED_REQUEST_TYPES: [&str; 4] = [
 ];
 
 type ApiResult = Result<Response, RegistryError>;
-
-/// A JSON response with the registry's content type.
-pub(crate) fn sr_json<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => raw_json(status, bytes),
-        Err(err) => {
-            tracing::error!(error = %err, "could not serialise a response");
-            let body = br#"{"error_code":50001,"message":"Error while serialising the response"}"#;
-            raw_json(StatusCode::INTERNAL_SERVER_ERROR, body.to_vec())
-        }
-    }
-}
-
-fn raw_json(status: StatusCode, body: Vec<u8>) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-        body,
-    )
-        .into_response()
-}
 
 fn ok<T: Serialize + ?Sized>(body: &T) -> ApiResult {
     Ok(sr_json(StatusCode::OK, body))

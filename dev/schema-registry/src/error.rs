@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::api::sr_json;
+use crate::json::sr_json;
 
 /// Everything a request can fail with. Each variant maps to the HTTP status and
 /// `error_code` that Confluent Schema Registry uses for the same situation.

@@ -27,9 +27,10 @@ use tokio::task::JoinHandle;
 mod api;
 pub mod compat;
 mod error;
+mod json;
 mod store;
 
-pub use api::CONTENT_TYPE;
+pub use json::CONTENT_TYPE;
 pub use compat::Compatibility;
 pub use error::RegistryError;
 pub use store::STATE_FILE;
