@@ -83,7 +83,9 @@ wait_http schema-registry http://127.0.0.1:8081/
 wait_http dataverse-emulator "$EMULATOR/healthz"
 
 GATEWAY_WEBHOOK__SECRETS="$WEBHOOK_SECRET" start gateway "$BIN/gateway"
-start enricher "$BIN/enricher"
+# One broker: topics the stages create get one replica (the default is the cluster's own).
+ENRICHER_TOPICS__REPLICATION_FACTOR=1 start enricher "$BIN/enricher"
+SINK_TOPICS__REPLICATION_FACTOR=1 \
 SINK_DATAVERSE__ENVIRONMENT_URL="$EMULATOR" \
 SINK_DATAVERSE__TOKEN_URL="$EMULATOR/local/oauth2/v2.0/token" \
 SINK_DATAVERSE__TENANT_ID=local \

@@ -14,11 +14,16 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use rdkafka::{
     ClientContext, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
@@ -98,6 +103,8 @@ pub struct LoopSettings {
     pub shutdown_grace: Duration,
     /// How long leaving the group may take at the end of shutdown.
     pub close_timeout: Duration,
+    /// Where the loop counts its assignment, pauses and rebalances (register them to export).
+    pub metrics: LoopMetrics,
 }
 
 impl Default for LoopSettings {
@@ -108,6 +115,7 @@ impl Default for LoopSettings {
             store_interval: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
+            metrics: LoopMetrics::default(),
         }
     }
 }
@@ -128,6 +136,10 @@ pub struct ConsumerSettings {
     pub shutdown_grace: HumanDuration,
     /// How often consumer lag is measured for `/metrics`. Default `10s`.
     pub lag_interval: HumanDuration,
+    /// How long a stage may fail to make progress before `/readyz` turns red and names why: no
+    /// partition assigned, a partition with records in hand finishing none, or a step (producing,
+    /// the registry, Dataverse) failing throughout. Default `60s`.
+    pub stall_after: HumanDuration,
 }
 
 impl Default for ConsumerSettings {
@@ -139,6 +151,7 @@ impl Default for ConsumerSettings {
             store_interval: HumanDuration(d.store_interval),
             shutdown_grace: HumanDuration(d.shutdown_grace),
             lag_interval: HumanDuration::secs(10),
+            stall_after: HumanDuration::secs(60),
         }
     }
 }
@@ -174,6 +187,12 @@ impl ConsumerSettings {
                 "must be above zero",
             ));
         }
+        if self.stall_after.0 < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                format!("{section}.stall_after"),
+                "must be at least 1s",
+            ));
+        }
         if self.lag_interval.0 < Duration::from_millis(100) {
             return Err(ConfigError::invalid(
                 format!("{section}.lag_interval"),
@@ -184,35 +203,129 @@ impl ConsumerSettings {
     }
 }
 
-/// State the rebalance callback and the loop share. Locks are held only for bookkeeping, never
-/// across an await.
+/// State the rebalance callback, the loop and the partition workers share, behind one lock that
+/// is held only for bookkeeping and local client calls (pause, resume), never across an await.
+/// One lock, so an epoch check and the offsets it guards, or a pause flag and the pause itself,
+/// can never be interleaved by another thread.
 #[derive(Default)]
 struct Shared {
-    tracker: Mutex<OffsetTracker>,
-    /// Cancels a partition's in-flight work when the partition is revoked.
-    partition_tokens: Mutex<HashMap<(String, i32), CancellationToken>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    tracker: OffsetTracker,
+    partitions: HashMap<(String, i32), PartitionState>,
+    /// When this member last held no partition (since subscribing, or since its last revoke of
+    /// everything); `None` while it owns some.
+    unassigned_since: Option<Instant>,
+}
+
+struct PartitionState {
     /// Bumped on every revoke, so work of an earlier assignment cannot mark offsets finished.
-    epochs: Mutex<HashMap<(String, i32), u64>>,
+    epoch: u64,
+    assigned: bool,
+    /// Cancels the partition's in-flight work when it is revoked.
+    token: Option<CancellationToken>,
+    /// Whether this loop paused the partition (flow control).
+    paused: bool,
+    /// When the partition last made progress (a batch finished) or became busy; for the
+    /// stall check.
+    progress_at: Instant,
+}
+
+impl Default for PartitionState {
+    fn default() -> Self {
+        PartitionState {
+            epoch: 0,
+            assigned: false,
+            token: None,
+            paused: false,
+            progress_at: Instant::now(),
+        }
+    }
+}
+
+impl State {
+    fn partition(&mut self, topic: &str, partition: i32) -> &mut PartitionState {
+        self.partitions
+            .entry((topic.to_string(), partition))
+            .or_default()
+    }
 }
 
 impl Shared {
-    fn epoch(&self, topic: &str, partition: i32) -> u64 {
-        lock(&self.epochs)
-            .get(&(topic.to_string(), partition))
-            .copied()
-            .unwrap_or(0)
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        lock(&self.state)
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain bookkeeping behind; keep going.
+    // A panic while holding the lock leaves plain bookkeeping behind; keep going.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The consumer context: commits finished work on revoke.
+/// The loop's metrics, registered by the stage under its own prefix
+/// (`<stage>_assigned_partitions`, `<stage>_consumer_rebalances_total`,
+/// `<stage>_consumer_lag{topic,partition}`, `<stage>_paused_partitions`).
+#[derive(Debug, Clone, Default)]
+pub struct LoopMetrics {
+    /// Partitions of the input topics this member owns.
+    pub assigned_partitions: Gauge,
+    /// Partitions paused for flow control right now.
+    pub paused_partitions: Gauge,
+    /// Rebalance events this member took part in, by kind (`assign`, `revoke`, `error`).
+    pub rebalances: Family<KindLabel, Counter>,
+    /// Records not yet committed by the group, per owned partition (see [`crate::lag`]).
+    pub consumer_lag: Family<PartitionLabel, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub topic: String,
+    pub partition: String,
+}
+
+impl LoopMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "assigned_partitions",
+            "Input partitions this instance owns",
+            self.assigned_partitions.clone(),
+        );
+        registry.register(
+            "paused_partitions",
+            "Owned partitions paused because their queue of records in hand is full",
+            self.paused_partitions.clone(),
+        );
+        registry.register(
+            "consumer_rebalances",
+            "Rebalance events of this instance, by kind (assign, revoke, error)",
+            self.rebalances.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Records not yet committed by the group, per owned partition",
+            self.consumer_lag.clone(),
+        );
+    }
+
+    fn rebalance(&self, kind: &'static str) {
+        self.rebalances.get_or_create(&KindLabel { kind }).inc();
+    }
+}
+
+/// The consumer context: commits finished work on revoke, keeps the pause flags true across
+/// reassignment, and counts the assignment.
 pub struct LoopContext {
     shared: Arc<Shared>,
     group: String,
+    metrics: LoopMetrics,
 }
 
 impl ClientContext for LoopContext {}
@@ -221,22 +334,30 @@ impl ConsumerContext for LoopContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                self.metrics.rebalance("revoke");
                 let mut store = TopicPartitionList::new();
                 {
-                    let mut tracker = lock(&self.shared.tracker);
-                    let mut epochs = lock(&self.shared.epochs);
-                    let mut tokens = lock(&self.shared.partition_tokens);
+                    let mut state = self.shared.lock();
                     for elem in tpl.elements() {
                         let (topic, partition) = (elem.topic(), elem.partition());
-                        if let Some(offset) = tracker.committable(topic, partition) {
+                        if let Some(offset) = state.tracker.committable(topic, partition) {
                             let _ = store.add_partition_offset(topic, partition, Offset::Offset(offset));
                         }
-                        tracker.revoke(topic, partition);
-                        *epochs.entry((topic.to_string(), partition)).or_default() += 1;
-                        if let Some(token) = tokens.remove(&(topic.to_string(), partition)) {
+                        state.tracker.revoke(topic, partition);
+                        let p = state.partition(topic, partition);
+                        p.epoch += 1;
+                        p.assigned = false;
+                        if let Some(token) = p.token.take() {
                             token.cancel();
                         }
+                        p.paused = false;
                     }
+                    // librdkafka keeps an application pause across reassignment: a partition
+                    // paused here and assigned back later would never deliver again.
+                    if let Err(e) = consumer.resume(tpl) {
+                        tracing::debug!(group = %self.group, error = %e, "resuming revoked partitions failed");
+                    }
+                    self.update_gauges(&mut state);
                 }
                 if store.count() > 0 {
                     if let Err(e) = consumer.store_offsets(&store) {
@@ -251,7 +372,42 @@ impl ConsumerContext for LoopContext {
             Rebalance::Assign(tpl) => {
                 tracing::info!(group = %self.group, partitions = ?partitions(tpl), "partitions assigned");
             }
-            Rebalance::Error(e) => tracing::error!(group = %self.group, error = %e, "rebalance error"),
+            Rebalance::Error(e) => {
+                self.metrics.rebalance("error");
+                tracing::error!(group = %self.group, error = %e, "rebalance error");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.metrics.rebalance("assign");
+            let mut state = self.shared.lock();
+            for elem in tpl.elements() {
+                let p = state.partition(elem.topic(), elem.partition());
+                p.assigned = true;
+                p.paused = false;
+                p.progress_at = Instant::now();
+            }
+            // A partition this member paused in an earlier assignment comes back paused.
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::debug!(group = %self.group, error = %e, "resuming assigned partitions failed");
+            }
+            self.update_gauges(&mut state);
+        }
+    }
+}
+
+impl LoopContext {
+    fn update_gauges(&self, state: &mut State) {
+        let assigned = state.partitions.values().filter(|p| p.assigned).count();
+        let paused = state.partitions.values().filter(|p| p.assigned && p.paused).count();
+        self.metrics.assigned_partitions.set(assigned as i64);
+        self.metrics.paused_partitions.set(paused as i64);
+        match (assigned, state.unassigned_since) {
+            (0, None) => state.unassigned_since = Some(Instant::now()),
+            (n, Some(_)) if n > 0 => state.unassigned_since = None,
+            _ => {}
         }
     }
 }
@@ -261,6 +417,76 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<String> {
         .iter()
         .map(|e| format!("{}[{}]", e.topic(), e.partition()))
         .collect()
+}
+
+/// What the loop knows of its own progress, for readiness and the lag sampler. Cheap to clone.
+#[derive(Clone)]
+pub struct LoopStatus {
+    shared: Arc<Shared>,
+    group: String,
+}
+
+impl std::fmt::Debug for LoopStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoopStatus")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoopStatus {
+    /// The partitions this member owns now.
+    pub fn assigned(&self) -> Vec<(String, i32)> {
+        let mut out: Vec<(String, i32)> = self
+            .shared
+            .lock()
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.assigned)
+            .map(|(k, _)| k.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// `Err` naming why the loop cannot make progress: it has owned no partition for
+    /// `stall_after`, or a partition has records in hand and finished none for `stall_after`.
+    pub fn verdict(&self, stall_after: Duration) -> Result<(), String> {
+        let state = self.shared.lock();
+        let now = Instant::now();
+        let mut problems = Vec::new();
+        if let Some(since) = state.unassigned_since
+            && now.duration_since(since) >= stall_after
+        {
+            problems.push(format!(
+                "no partition assigned to this member of group {} for {}s",
+                self.group,
+                now.duration_since(since).as_secs()
+            ));
+        }
+        let mut stalled: Vec<String> = state
+            .partitions
+            .iter()
+            .filter(|((topic, partition), p)| {
+                p.assigned
+                    && state.tracker.in_flight_in(topic, *partition) > 0
+                    && now.duration_since(p.progress_at) >= stall_after
+            })
+            .map(|((topic, partition), p)| {
+                format!(
+                    "{topic}[{partition}]: no record finished for {}s",
+                    now.duration_since(p.progress_at).as_secs()
+                )
+            })
+            .collect();
+        stalled.sort();
+        problems.extend(stalled);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
 }
 
 /// A consumer-group member running the commit-after-success loop.
@@ -281,9 +507,11 @@ impl ConsumerLoop {
         settings: LoopSettings,
     ) -> Result<Self, KafkaError> {
         let shared = Arc::new(Shared::default());
+        lock(&shared.state).unassigned_since = Some(Instant::now());
         let context = LoopContext {
             shared: shared.clone(),
             group: group.to_string(),
+            metrics: settings.metrics.clone(),
         };
         let consumer: StreamConsumer<LoopContext> = crate::kafka::consumer(kafka, client_id, group, context)?;
         consumer.subscribe(topics)?;
@@ -295,9 +523,12 @@ impl ConsumerLoop {
         })
     }
 
-    /// The underlying consumer, for lag metrics (positions, watermarks).
-    pub fn consumer(&self) -> Arc<StreamConsumer<LoopContext>> {
-        self.consumer.clone()
+    /// The loop's view of its own progress, for `/readyz` and lag measurement.
+    pub fn status(&self) -> LoopStatus {
+        LoopStatus {
+            shared: self.shared.clone(),
+            group: self.group.clone(),
+        }
     }
 
     /// Runs until `shutdown` is cancelled, then finishes or abandons in-flight work within the
@@ -341,20 +572,28 @@ impl ConsumerLoop {
                     let record = Record::from_message(&message);
                     drop(message);
                     let key = (record.topic.clone(), record.partition);
-                    let epoch = shared.epoch(&record.topic, record.partition);
+                    let epoch = {
+                        let mut state = shared.lock();
+                        let idle = state.tracker.in_flight_in(&record.topic, record.partition) == 0;
+                        state.tracker.start(&record.topic, record.partition, record.offset);
+                        let p = state.partition(&record.topic, record.partition);
+                        if idle {
+                            p.progress_at = Instant::now();
+                        }
+                        p.epoch
+                    };
                     let stale = workers.get(&key).is_none_or(|w| w.epoch != epoch || w.tx.is_closed());
                     if stale {
                         let token = hard_stop.child_token();
-                        lock(&shared.partition_tokens).insert(key.clone(), token.clone());
+                        shared.lock().partition(&record.topic, record.partition).token = Some(token.clone());
                         let (tx, rx) = mpsc::unbounded_channel();
-                        let worker = Worker { tx, epoch, queued: Arc::new(AtomicUsize::new(0)), paused: Arc::new(AtomicBool::new(false)) };
+                        let worker = Worker { tx, epoch, queued: Arc::new(AtomicUsize::new(0)) };
                         tasks.spawn(partition_worker(PartitionWork {
                             topic: record.topic.clone(),
                             partition: record.partition,
                             epoch,
                             rx,
                             queued: worker.queued.clone(),
-                            paused: worker.paused.clone(),
                             token,
                             stopping: shutdown.clone(),
                             handler: handler.clone(),
@@ -365,16 +604,13 @@ impl ConsumerLoop {
                         workers.insert(key.clone(), worker);
                     }
                     let Some(worker) = workers.get(&key) else { continue };
-                    lock(&shared.tracker).start(&record.topic, record.partition, record.offset);
-                    let queued = worker.queued.fetch_add(1, Ordering::SeqCst) + 1;
+                    worker.queued.fetch_add(1, Ordering::SeqCst);
                     let (topic, partition) = (record.topic.clone(), record.partition);
                     if worker.tx.send(record).is_err() {
                         tracing::debug!(topic, partition, "worker of a revoked partition is gone");
                         continue;
                     }
-                    if queued >= settings.max_queued_per_partition && !worker.paused.swap(true, Ordering::SeqCst) {
-                        set_paused(&consumer, &topic, partition, true);
-                    }
+                    flow_control(&consumer, &shared, &settings, &topic, partition, epoch, &worker.queued);
                 }
             }
         };
@@ -395,7 +631,7 @@ impl ConsumerLoop {
             }
         }
         store_finished(&consumer, &shared);
-        let in_flight = lock(&shared.tracker).in_flight();
+        let in_flight = shared.lock().tracker.in_flight();
         match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
@@ -406,6 +642,50 @@ impl ConsumerLoop {
         tracing::info!(group = %group, unfinished = in_flight, "consumer stopped");
         leave_group(consumer, &group, settings.close_timeout).await;
         result
+    }
+}
+
+/// Pauses a partition whose queue of records in hand reached `max_queued_per_partition` and
+/// resumes it once the queue is down to half. The decision and the client call happen under the
+/// shared lock, reading the queue length there, so a pause and a resume racing from the loop
+/// and the worker can never leave a partition paused with nothing queued to resume it.
+fn flow_control(
+    consumer: &StreamConsumer<LoopContext>,
+    shared: &Shared,
+    settings: &LoopSettings,
+    topic: &str,
+    partition: i32,
+    epoch: u64,
+    queued: &AtomicUsize,
+) {
+    let mut state = shared.lock();
+    let p = state.partition(topic, partition);
+    if p.epoch != epoch || !p.assigned {
+        return;
+    }
+    let queued = queued.load(Ordering::SeqCst);
+    let pause = if !p.paused && queued >= settings.max_queued_per_partition {
+        true
+    } else if p.paused && queued <= settings.max_queued_per_partition / 2 {
+        false
+    } else {
+        return;
+    };
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let result = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    match result {
+        Ok(()) => {
+            p.paused = pause;
+            let paused = state.partitions.values().filter(|p| p.assigned && p.paused).count();
+            settings.metrics.paused_partitions.set(paused as i64);
+            tracing::debug!(topic, partition, pause, queued, "partition flow control");
+        }
+        Err(e) => tracing::warn!(topic, partition, pause, error = %e, "pause/resume failed"),
     }
 }
 
@@ -432,7 +712,6 @@ struct Worker {
     tx: mpsc::UnboundedSender<Record>,
     epoch: u64,
     queued: Arc<AtomicUsize>,
-    paused: Arc<AtomicBool>,
 }
 
 struct PartitionWork<H> {
@@ -441,7 +720,6 @@ struct PartitionWork<H> {
     epoch: u64,
     rx: mpsc::UnboundedReceiver<Record>,
     queued: Arc<AtomicUsize>,
-    paused: Arc<AtomicBool>,
     /// Cancelled on revoke or when the shutdown grace period is over.
     token: CancellationToken,
     /// Shutdown has begun: finish the batch in hand, take no more.
@@ -472,14 +750,22 @@ async fn partition_worker<H: BatchHandler>(mut w: PartitionWork<H>) {
         let offsets: Vec<i64> = batch.iter().map(|r| r.offset).collect();
         let n = batch.len();
         let outcome = w.handler.handle(batch, &w.token).await;
-        let remaining = w.queued.fetch_sub(n, Ordering::SeqCst) - n;
+        w.queued.fetch_sub(n, Ordering::SeqCst);
         match outcome {
             Ok(()) => {
-                if w.shared.epoch(&w.topic, w.partition) == w.epoch {
-                    let mut tracker = lock(&w.shared.tracker);
+                // The epoch is checked under the same lock as the offsets are finished, so a
+                // revoke (and a new assignment's records) can never slip in between.
+                let mut state = w.shared.lock();
+                let State {
+                    tracker, partitions, ..
+                } = &mut *state;
+                if let Some(p) = partitions.get_mut(&(w.topic.clone(), w.partition))
+                    && p.epoch == w.epoch
+                {
                     for o in offsets {
                         tracker.finish(&w.topic, w.partition, o);
                     }
+                    p.progress_at = Instant::now();
                 }
             }
             Err(Abandoned) => {
@@ -487,29 +773,21 @@ async fn partition_worker<H: BatchHandler>(mut w: PartitionWork<H>) {
                 return;
             }
         }
-        if remaining <= w.settings.max_queued_per_partition / 2 && w.paused.swap(false, Ordering::SeqCst) {
-            set_paused(&w.consumer, &w.topic, w.partition, false);
-        }
-    }
-}
-
-fn set_paused(consumer: &StreamConsumer<LoopContext>, topic: &str, partition: i32, pause: bool) {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, partition);
-    let result = if pause {
-        consumer.pause(&tpl)
-    } else {
-        consumer.resume(&tpl)
-    };
-    match result {
-        Ok(()) => tracing::debug!(topic, partition, pause, "partition flow control"),
-        Err(e) => tracing::warn!(topic, partition, pause, error = %e, "pause/resume failed"),
+        flow_control(
+            &w.consumer,
+            &w.shared,
+            &w.settings,
+            &w.topic,
+            w.partition,
+            w.epoch,
+            &w.queued,
+        );
     }
 }
 
 /// Stores every committable offset that changed, for the background commit to pick up.
 fn store_finished(consumer: &StreamConsumer<LoopContext>, shared: &Shared) {
-    let changes = lock(&shared.tracker).take_committable();
+    let changes = shared.lock().tracker.take_committable();
     if changes.is_empty() {
         return;
     }

@@ -2,17 +2,17 @@
 //! partition moves on and nothing is lost. The original key and bytes are kept unchanged; headers
 //! say which stage gave up, why, where the record came from, after how many attempts, and when.
 
-use std::{sync::Arc, time::Duration};
-
 use rdkafka::{
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::FutureRecord,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     consume::{Abandoned, Record},
-    retry::Backoff,
+    health::Health,
+    producer::{Producer, SendError},
+    retry::{self, BackoffSettings, Retry, Stopped, Verdict},
 };
 
 /// Header names on dead-lettered records.
@@ -25,6 +25,9 @@ pub mod headers {
     pub const ORIGINAL_OFFSET: &str = "dlq.original.offset";
     pub const ATTEMPTS: &str = "dlq.attempts";
     pub const FAILED_AT: &str = "dlq.failed.at";
+    /// Set when the dead-letter topic refused the original bytes (too large): the record carries
+    /// no value and says why; the original stays in its topic at the offset named above.
+    pub const PAYLOAD_OMITTED: &str = "dlq.payload.omitted";
 }
 
 /// Why a record was dead-lettered.
@@ -40,9 +43,10 @@ pub struct Failure {
 /// Writes dead letters for one stage, retrying until the broker has them.
 #[derive(Clone)]
 pub struct DeadLetters {
-    producer: Arc<FutureProducer>,
+    producer: Producer,
     stage: &'static str,
-    delivery_timeout: Duration,
+    backoff: BackoffSettings,
+    health: Health,
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -54,11 +58,12 @@ impl std::fmt::Debug for DeadLetters {
 }
 
 impl DeadLetters {
-    pub fn new(producer: Arc<FutureProducer>, stage: &'static str, delivery_timeout: Duration) -> Self {
+    pub fn new(producer: Producer, stage: &'static str, backoff: BackoffSettings, health: Health) -> Self {
         DeadLetters {
             producer,
             stage,
-            delivery_timeout,
+            backoff,
+            health,
         }
     }
 
@@ -86,7 +91,9 @@ impl DeadLetters {
     }
 
     /// Writes `record` to `dlq_topic` and waits for the broker's acknowledgement, retrying
-    /// transient failures until `cancel` fires.
+    /// transient failures until `cancel` fires. When the dead-letter topic refuses the record
+    /// itself (its bytes are too large for it), the dead letter is written without its value and
+    /// says so; the original stays where the headers point.
     pub async fn send(
         &self,
         dlq_topic: &str,
@@ -95,51 +102,83 @@ impl DeadLetters {
         cancel: &CancellationToken,
     ) -> Result<(), Abandoned> {
         let headers = self.headers(record, failure);
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let what = format!("dead-lettering to {dlq_topic}");
+        let mut omitted: Option<String> = None;
         loop {
-            let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dlq_topic).headers(headers.clone());
-            if let Some(key) = &record.key {
-                out = out.key(key.as_slice());
-            }
-            if let Some(payload) = &record.payload {
-                out = out.payload(payload.as_slice());
-            }
-            let outcome = match self.producer.send_result(out) {
-                Ok(delivery) => tokio::select! {
-                    r = delivery => match r {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err((e, _))) => Err(e.to_string()),
-                        Err(_) => Err("producer dropped the delivery".to_string()),
-                    },
-                    () = tokio::time::sleep(self.delivery_timeout) => Err("no acknowledgement in time".to_string()),
-                    () = cancel.cancelled() => return Err(Abandoned),
+            let written = retry::until_cancelled(
+                Retry {
+                    what: &what,
+                    backoff: self.backoff.backoff(),
+                    cancel,
+                    health: Some(&self.health),
                 },
-                Err((e, _)) => Err(e.to_string()),
-            };
-            match outcome {
-                Ok(()) => {
-                    tracing::warn!(
-                        stage = self.stage,
+                |_| {
+                    let mut h = headers.clone();
+                    if let Some(reason) = &omitted {
+                        h = h.insert(Header {
+                            key: headers::PAYLOAD_OMITTED,
+                            value: Some(reason.as_bytes()),
+                        });
+                    }
+                    let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dlq_topic).headers(h);
+                    if let Some(key) = &record.key {
+                        out = out.key(key.as_slice());
+                    }
+                    if let (Some(payload), None) = (&record.payload, &omitted) {
+                        out = out.payload(payload.as_slice());
+                    }
+                    let sent = self.producer.enqueue(out);
+                    async move {
+                        match sent {
+                            Ok(pending) => pending.wait().await,
+                            Err(e) => Err(e),
+                        }
+                        .map_err(|e| match e {
+                            SendError::Permanent(e) => Verdict::GiveUp(e),
+                            SendError::Transient(e) => Verdict::Retry(e),
+                        })
+                    }
+                },
+            )
+            .await;
+            match written {
+                Ok(_) => break,
+                Err(Stopped::Cancelled) => return Err(Abandoned),
+                Err(Stopped::GaveUp { error, .. }) if omitted.is_none() => {
+                    tracing::error!(
+                        dlq = dlq_topic,
                         topic = %record.topic,
                         partition = record.partition,
                         offset = record.offset,
-                        dlq = dlq_topic,
-                        class = %failure.class,
-                        error = %failure.message,
-                        "record dead-lettered"
+                        error = %error,
+                        "the dead-letter topic refuses the record; writing the dead letter without its value"
                     );
-                    return Ok(());
+                    omitted = Some(error.to_string());
                 }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(dlq = dlq_topic, error = %e, retry_in = ?delay, "dead-letter write failed; retrying");
+                Err(Stopped::GaveUp { error, .. }) => {
+                    // Even the headers alone are refused: nothing smaller can be written, and
+                    // skipping would lose the record. Keep trying; readiness says why.
+                    let _failing = self.health.failing(&what, &error);
+                    tracing::error!(dlq = dlq_topic, error = %error, "the dead-letter topic refuses even an empty dead letter; retrying");
                     tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
+                        () = tokio::time::sleep(self.backoff.max.into()) => {}
                         () = cancel.cancelled() => return Err(Abandoned),
                     }
                 }
             }
         }
+        tracing::warn!(
+            stage = self.stage,
+            topic = %record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            dlq = dlq_topic,
+            class = %failure.class,
+            error = %failure.message,
+            payload_omitted = omitted.is_some(),
+            "record dead-lettered"
+        );
+        Ok(())
     }
 }
 

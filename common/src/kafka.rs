@@ -4,7 +4,10 @@
 //! Creating a client and fetching metadata block the calling thread; from async code, build
 //! clients before entering the hot path or inside `spawn_blocking`.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use opentelemetry::{
     Context,
@@ -22,7 +25,9 @@ use rdkafka::{
     producer::FutureProducer,
 };
 
-use crate::config::KafkaSettings;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, KafkaSettings};
 
 /// Properties common to every client, then the user's overrides.
 pub fn client_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
@@ -72,10 +77,40 @@ pub fn producer_config(
     config
 }
 
+/// The group timing and fetch sizing every consuming stage starts from, as one choice (each can
+/// be overridden through `kafka.properties.<name>`):
+///
+/// * `session.timeout.ms` 45 s and `heartbeat.interval.ms` 3 s (librdkafka's own defaults): a
+///   member's session must outlast the slowest answer its broker gives under load, because a
+///   missed session revokes every partition and restarts the work. A crashed member is noticed
+///   after 45 s; a restarted one with a stable `instance_id` (static membership) takes its
+///   partitions back at once, which is how quick failover is had without a short session.
+/// * `max.poll.interval.ms` stays at librdkafka's 300 s: the loop polls continuously whatever the
+///   handler does (slow partitions are paused, not waited for).
+/// * `max.partition.fetch.bytes` 64 KiB and `fetch.max.bytes` 1 MiB (librdkafka: 1 MiB and
+///   50 MiB): small fetch answers, so no single answer holds up the heartbeats, commits and
+///   produce requests a broker serves beside it. A broker that serves a large fetch slowly and
+///   meanwhile answers nothing else (the local broker does, see the README's broker notes) would
+///   otherwise expire the session during a backlog. Against Kafka this costs nothing that
+///   matters: fetches are pipelined, and 64 KiB per partition per round trip is far above what a
+///   stage writing to Dataverse consumes.
+/// * `queued.min.messages` 1000 per partition (librdkafka: 100000): the loop pauses a partition
+///   whose records in hand reach `consumer.max_queued_per_partition`, and a pause throws away
+///   what librdkafka had prefetched for it; a small prefetch keeps that waste, and the fetches it
+///   costs, small.
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("session.timeout.ms", "45000"),
+    ("heartbeat.interval.ms", "3000"),
+    ("max.partition.fetch.bytes", "65536"),
+    ("fetch.max.bytes", "1048576"),
+    ("queued.min.messages", "1000"),
+];
+
 /// A consumer-group member that never commits an offset the application has not stored.
 /// Offsets are stored explicitly (`enable.auto.offset.store=false`) only once a record is
 /// finished, and librdkafka commits stored offsets in the background, on partition revoke and on
 /// close. Assignment is cooperative-sticky, so a rebalance moves only the partitions it must.
+/// Timing and fetch sizes start from [`CONSUMER_DEFAULTS`].
 pub fn consumer<C: ConsumerContext + 'static>(
     settings: &KafkaSettings,
     client_id: &str,
@@ -89,9 +124,10 @@ pub fn consumer<C: ConsumerContext + 'static>(
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    for (k, v) in CONSUMER_DEFAULTS {
+        config.set(*k, *v);
+    }
     for (k, v) in client_config(settings, client_id).config_map() {
         config.set(k, v);
     }
@@ -99,38 +135,176 @@ pub fn consumer<C: ConsumerContext + 'static>(
     config.create_with_context(context)
 }
 
+/// How a stage creates the topics it needs: the `topics` section every stage shares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicSettings {
+    /// Create the stage's topics at start-up when they do not exist (existing topics are left
+    /// as they are). Default `true`; turn off where topics are managed elsewhere.
+    pub create: bool,
+    /// Partitions of a topic created here. Default 6.
+    pub partitions: i32,
+    /// Replication factor of a topic created here. Default -1: the cluster's own default
+    /// (`default.replication.factor`, KIP-464). A broker that refuses -1 fails start-up with a
+    /// message naming this setting; set it explicitly there (3 on a production cluster).
+    pub replication_factor: i32,
+    /// `min.insync.replicas` of a topic created here with a replication factor above 1. Default
+    /// unset: replication factor − 1 (2 of 3), so an `acks=all` write survives one broker's
+    /// loss. With replication factor -1 the cluster's own `min.insync.replicas` applies.
+    pub min_insync_replicas: Option<i32>,
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        TopicSettings {
+            create: true,
+            partitions: 6,
+            replication_factor: -1,
+            min_insync_replicas: None,
+        }
+    }
+}
+
+impl TopicSettings {
+    /// Rejects settings that parse but cannot work; `section` names them in the error.
+    pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        if !(1..=10_000).contains(&self.partitions) {
+            return Err(ConfigError::invalid(
+                format!("{section}.partitions"),
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.replication_factor == 0 || self.replication_factor < -1 {
+            return Err(ConfigError::invalid(
+                format!("{section}.replication_factor"),
+                "must be -1 (the cluster's default) or at least 1",
+            ));
+        }
+        if let Some(min) = self.min_insync_replicas {
+            if min < 1 {
+                return Err(ConfigError::invalid(
+                    format!("{section}.min_insync_replicas"),
+                    "must be at least 1",
+                ));
+            }
+            if self.replication_factor > 0 && min > self.replication_factor {
+                return Err(ConfigError::invalid(
+                    format!("{section}.min_insync_replicas"),
+                    format!("must not exceed {section}.replication_factor"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `min.insync.replicas` a created topic gets, if any.
+    pub fn min_insync(&self) -> Option<i32> {
+        match (self.replication_factor, self.min_insync_replicas) {
+            (rf, _) if rf <= 1 => None,
+            (_, Some(min)) => Some(min),
+            (rf, None) => Some(rf - 1),
+        }
+    }
+
+    /// The spec of topic `name` under these settings.
+    pub fn spec(&self, name: impl Into<String>) -> TopicSpec {
+        let mut config = BTreeMap::new();
+        if let Some(min) = self.min_insync() {
+            config.insert("min.insync.replicas".to_string(), min.to_string());
+        }
+        TopicSpec {
+            name: name.into(),
+            partitions: self.partitions,
+            replication: self.replication_factor,
+            config,
+        }
+    }
+}
+
 /// A topic the pipeline needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
+    /// -1: the cluster's default.
     pub replication: i32,
+    /// Topic configuration set at creation (`min.insync.replicas`, `max.message.bytes`, …).
+    pub config: BTreeMap<String, String>,
 }
 
 impl TopicSpec {
+    /// A topic with one replica: for tests and single-broker development setups.
     pub fn new(name: impl Into<String>, partitions: i32) -> Self {
         TopicSpec {
             name: name.into(),
             partitions,
             replication: 1,
+            config: BTreeMap::new(),
         }
     }
 }
 
-/// Creates the topics that do not exist yet; existing topics are left as they are.
-pub async fn ensure_topics(settings: &KafkaSettings, topics: &[TopicSpec]) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(settings, "pipeline-admin").create()?;
+/// Why topics could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    /// The broker refuses the settings: retrying cannot help.
+    #[error("{0}")]
+    Refused(String),
+    /// The broker could not be asked (unreachable, timed out): retry.
+    #[error("creating topics: {0}")]
+    Unavailable(KafkaError),
+}
+
+/// Creates the topics that do not exist yet; existing topics are left as they are. Logs what was
+/// created and with which settings. `section` names the settings in a refusal
+/// (`topics.replication_factor`).
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    topics: &[TopicSpec],
+    section: &str,
+) -> Result<(), TopicError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(settings, "pipeline-admin")
+        .create()
+        .map_err(TopicError::Unavailable)?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication)))
+        .map(|t| {
+            let mut topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication));
+            for (k, v) in &t.config {
+                topic = topic.set(k, v);
+            }
+            topic
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&new, &options).await? {
+    let results = admin
+        .create_topics(&new, &options)
+        .await
+        .map_err(TopicError::Unavailable)?;
+    for (result, spec) in results.into_iter().zip(topics) {
         match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(topic) => tracing::info!(
+                topic,
+                partitions = spec.partitions,
+                replication_factor = spec.replication,
+                config = ?spec.config,
+                "topic created"
+            ),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code @ RDKafkaErrorCode::InvalidReplicationFactor)) if spec.replication == -1 => {
+                return Err(TopicError::Refused(format!(
+                    "invalid setting `{section}.replication_factor`: the broker refuses -1 (the cluster's default replication) for topic {topic} ({code}); set {section}.replication_factor explicitly"
+                )));
+            }
+            Err((topic, code @ (RDKafkaErrorCode::InvalidReplicationFactor | RDKafkaErrorCode::InvalidPartitions | RDKafkaErrorCode::InvalidConfig | RDKafkaErrorCode::PolicyViolation | RDKafkaErrorCode::InvalidTopic | RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed))) => {
+                return Err(TopicError::Refused(format!(
+                    "the broker refuses to create topic {topic} with {section}.partitions = {}, {section}.replication_factor = {}, config {:?}: {code}",
+                    spec.partitions, spec.replication, spec.config
+                )));
+            }
             Err((topic, code)) => {
-                return Err(KafkaError::AdminOp(code))
-                    .inspect_err(|_| tracing::error!(topic, %code, "topic creation failed"));
+                tracing::warn!(topic, %code, "topic creation failed");
+                return Err(TopicError::Unavailable(KafkaError::AdminOp(code)));
             }
         }
     }

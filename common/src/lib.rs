@@ -5,6 +5,10 @@
 //! * [`consume`] — the commit-after-success consumer loop: ordered per partition, concurrent across
 //!   partitions, commits never pass an unfinished record.
 //! * [`dlq`] — dead-letter writes with the reason and origin in headers.
+//! * [`producer`] — the one producer every stage writes through: classifies failures (transient,
+//!   permanent, broken client) and replaces a broken client.
+//! * [`health`] — what keeps a stage from making progress, for `/readyz`.
+//! * [`lag`] — consumer lag of the partitions a loop owns, on a client of its own.
 //! * [`kafka`] — client builders with the pipeline's delivery guarantees baked in (idempotent
 //!   `acks=all` producer; consumer with manual offset storage), topic creation, and W3C trace
 //!   context in record headers.
@@ -12,16 +16,20 @@
 //! * [`ops`] — `/healthz`, `/readyz` and `/metrics` for every service.
 //! * [`offsets`] — the lowest-unfinished-offset tracker that keeps commits from passing a gap.
 //! * [`replay`] — reset a group's committed offsets by offset, time, earliest or latest.
-//! * [`retry`] — capped, jittered backoff.
+//! * [`retry`] — capped, jittered backoff and the one retry-until-cancelled loop.
 //! * [`shutdown`] — SIGINT/SIGTERM as a cancellation token.
-//! * [`stage`] — the command line every consuming stage shares (`run`, `print-config`, `replay`).
+//! * [`stage`] — what every consuming stage shares above the loop: the command line (`run`,
+//!   `print-config`, `replay`) and the runner that wires ops, producer, topics, loop and lag.
 
 pub mod config;
 pub mod consume;
 pub mod dlq;
+pub mod health;
 pub mod kafka;
+pub mod lag;
 pub mod offsets;
 pub mod ops;
+pub mod producer;
 pub mod replay;
 pub mod retry;
 pub mod shutdown;

@@ -1,28 +1,351 @@
-//! The command line every consuming stage shares: `run` (the default), `print-config` and
-//! `replay`, with configuration loaded and validated the same way for all of them.
+//! What every consuming stage shares above the consumer loop: the command line (`run`, the
+//! default, `print-config` and `replay`) and the runner ([`run_consuming`]) that wires a stage
+//! the same way every time — ops endpoints first, then the producer, topics, the stage's own
+//! start-up, the consumer loop with its lag sampler, and an orderly shutdown — so a stage's
+//! `run` only builds its handler and hands it over.
 
-use std::{future::Future, net::SocketAddr, process::ExitCode};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    process::ExitCode,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{self, ConfigArgs, KafkaSettings, Settings},
+    consume::{BatchHandler, ConsumerLoop, ConsumerSettings, LoopMetrics, LoopStatus},
+    dlq::DeadLetters,
+    health::Health,
+    kafka::{TopicError, TopicSettings},
+    ops::{self, Check},
+    producer::Producer,
     replay::{self, ReplayArgs},
+    retry::{self, BackoffSettings, Retry, Stopped, Verdict},
     telemetry::TelemetrySettings,
 };
 
-/// What the shared command line needs to know of a consuming stage's settings.
+/// What the shared command line and runner need to know of a consuming stage's settings.
 pub trait ConsumingStage: Settings + Send + 'static {
-    /// The binary's name, for help, messages and the default service name in traces.
+    /// The binary's name: help, messages, the Kafka client id, the `dlq.stage` header and the
+    /// default service name in traces.
     const NAME: &'static str;
     fn listen(&self) -> SocketAddr;
     fn kafka(&self) -> &KafkaSettings;
     fn telemetry(&self) -> &TelemetrySettings;
     fn group(&self) -> &str;
     fn input_topic(&self) -> &str;
+    /// Kafka static membership (`group.instance.id`), if configured.
+    fn instance_id(&self) -> Option<&str>;
+    fn consumer(&self) -> &ConsumerSettings;
+    fn backoff(&self) -> &BackoffSettings;
+    fn topics(&self) -> &TopicSettings;
+    /// The topics this stage creates at start-up when `topics.create` is on.
+    fn topics_to_create(&self) -> Vec<String>;
+    /// How long a produced record (output or dead letter) may wait for its acknowledgement.
+    fn produce_timeout(&self) -> Duration;
+}
+
+/// Why a stage's own start-up did not produce a handler.
+#[derive(Debug)]
+pub enum StartError {
+    /// Shutdown began first: not an error.
+    Stopped,
+    /// The configuration cannot work (a refused schema, a table that does not exist).
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for StartError {
+    fn from(e: anyhow::Error) -> Self {
+        StartError::Failed(e)
+    }
+}
+
+/// A way for a stage's parts to end the stage when something it cannot recover from happens
+/// (a dead request dispatcher, say): the loop stops as on shutdown, and [`run_consuming`]
+/// returns the reason as its error, so the process exits non-zero and is restarted.
+#[derive(Clone, Default)]
+pub struct Fatal {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fatal")
+            .field("failed", &self.token.is_cancelled())
+            .finish()
+    }
+}
+
+impl Fatal {
+    /// Ends the stage with `reason` (the first reason wins).
+    pub fn fail(&self, reason: impl Into<String>) {
+        let mut slot = self.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(reason.into());
+        }
+        self.token.cancel();
+    }
+
+    /// The reason, once failed.
+    pub fn reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// What a stage's start-up receives from the runner to build its handler.
+pub struct Startup {
+    /// The stage's producer (output records and dead letters), self-replacing when it breaks.
+    pub producer: Producer,
+    /// Dead letters through that producer, with the stage's name and backoff.
+    pub dead_letters: DeadLetters,
+    /// Where retries report lasting failures, so `/readyz` can say why the stage is stuck.
+    pub health: Health,
+    /// Cancelled when the stage shuts down.
+    pub shutdown: CancellationToken,
+    /// Ends the stage with an error from anywhere in it.
+    pub fatal: Fatal,
+    backoff: BackoffSettings,
+}
+
+impl std::fmt::Debug for Startup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Startup").finish_non_exhaustive()
+    }
+}
+
+impl Startup {
+    /// The stage's backoff settings.
+    pub fn backoff(&self) -> &BackoffSettings {
+        &self.backoff
+    }
+
+    /// Runs a start-up step until it succeeds, retrying what `op` classifies as transient with
+    /// the stage's backoff; a permanent failure fails start-up, shutdown ends it.
+    pub async fn retry<T, E, F, Fut>(&self, what: &str, op: F) -> Result<T, StartError>
+    where
+        E: std::fmt::Display,
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, Verdict<E>>>,
+    {
+        let retry = Retry {
+            what,
+            backoff: self.backoff.backoff(),
+            cancel: &self.shutdown,
+            health: Some(&self.health),
+        };
+        match retry::until_cancelled(retry, op).await {
+            Ok(v) => Ok(v),
+            Err(Stopped::Cancelled) => Err(StartError::Stopped),
+            Err(Stopped::GaveUp { error, .. }) => Err(StartError::Failed(anyhow::anyhow!("{what}: {error}"))),
+        }
+    }
+}
+
+/// Runs a consuming stage until `shutdown` is cancelled (or a part of it reports a [`Fatal`]
+/// error):
+/// 1. serves `/healthz`, `/readyz` (the stage's `checks`, the broker, and the loop's progress)
+///    and `/metrics` (`registry`, plus the loop's and the producer's metrics) on `ops_listener`;
+/// 2. creates the stage's producer, and its topics when `topics.create` is on;
+/// 3. calls `start`, the stage's own start-up, which builds the handler;
+/// 4. joins the consumer group (static membership when `instance_id` is set) and runs the loop,
+///    with consumer lag measured every `consumer.lag_interval`;
+/// 5. on shutdown, finishes or abandons in-flight work within `consumer.shutdown_grace`, commits
+///    exactly what is finished, leaves the group and stops the ops server.
+pub async fn run_consuming<S, H, F, Fut>(
+    settings: &S,
+    mut registry: Registry,
+    checks: Vec<(&'static str, Check)>,
+    ops_listener: TcpListener,
+    shutdown: CancellationToken,
+    start: F,
+) -> anyhow::Result<()>
+where
+    S: ConsumingStage,
+    H: BatchHandler,
+    F: FnOnce(Startup) -> Fut,
+    Fut: Future<Output = Result<H, StartError>>,
+{
+    let health = Health::new();
+    let stall_after: Duration = settings.consumer().stall_after.into();
+    let producer = Producer::connect(settings.kafka(), S::NAME, settings.produce_timeout(), health.clone())
+        .await
+        .context("setting `kafka`: cannot create the Kafka producer")?;
+    registry.register(
+        "producer_resets",
+        "Times the Kafka producer was replaced after a timeout or a refused producer state",
+        producer.resets(),
+    );
+    let loop_metrics = LoopMetrics::default();
+    loop_metrics.register(&mut registry);
+
+    // Ops first, so /healthz answers and /readyz explains while dependencies are awaited.
+    let status: Arc<OnceLock<LoopStatus>> = Arc::new(OnceLock::new());
+    let mut all_checks = vec![("kafka", broker_check(settings.kafka()))];
+    all_checks.extend(checks);
+    all_checks.push(("progress", progress_check(status.clone(), health.clone(), stall_after)));
+    let ops_stop = CancellationToken::new();
+    let ops_task = tokio::spawn(ops::serve(
+        ops_listener,
+        ops::router(Arc::new(registry), all_checks),
+        ops_stop.clone(),
+    ));
+
+    let fatal = Fatal::default();
+    let startup = Startup {
+        dead_letters: DeadLetters::new(producer.clone(), S::NAME, settings.backoff().clone(), health.clone()),
+        producer: producer.clone(),
+        health: health.clone(),
+        shutdown: shutdown.clone(),
+        fatal: fatal.clone(),
+        backoff: settings.backoff().clone(),
+    };
+    let result = async {
+        if settings.topics().create {
+            create_topics(settings, &startup).await?;
+        }
+        // The stage's own start-up can wait on unreachable services; shutdown ends it.
+        let handler = tokio::select! {
+            handler = start(startup) => handler?,
+            () = shutdown.cancelled() => return Err(StartError::Stopped),
+        };
+        run_loop(settings, handler, &status, &loop_metrics, &shutdown, &fatal)
+            .await
+            .map_err(StartError::Failed)
+    }
+    .await;
+
+    ops_stop.cancel();
+    match ops_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "ops server failed"),
+        Err(e) => tracing::warn!(error = %e, "ops server task failed"),
+    }
+    match result {
+        Ok(()) | Err(StartError::Stopped) => match fatal.reason() {
+            Some(reason) => Err(anyhow::anyhow!(reason)),
+            None => Ok(()),
+        },
+        Err(StartError::Failed(e)) => Err(e),
+    }
+}
+
+async fn create_topics<S: ConsumingStage>(settings: &S, startup: &Startup) -> Result<(), StartError> {
+    let specs: Vec<_> = settings
+        .topics_to_create()
+        .into_iter()
+        .map(|t| settings.topics().spec(t))
+        .collect();
+    startup
+        .retry("creating topics", |_| async {
+            crate::kafka::ensure_topics(settings.kafka(), &specs, "topics")
+                .await
+                .map_err(|e| match e {
+                    e @ TopicError::Refused(_) => Verdict::GiveUp(e),
+                    e @ TopicError::Unavailable(_) => Verdict::Retry(e),
+                })
+        })
+        .await
+}
+
+async fn run_loop<S: ConsumingStage, H: BatchHandler>(
+    settings: &S,
+    handler: H,
+    status: &OnceLock<LoopStatus>,
+    metrics: &LoopMetrics,
+    shutdown: &CancellationToken,
+    fatal: &Fatal,
+) -> anyhow::Result<()> {
+    let mut kafka = settings.kafka().clone();
+    if let Some(id) = settings.instance_id() {
+        kafka
+            .properties
+            .insert("group.instance.id".into(), id.trim().to_string());
+    }
+    let mut loop_settings = settings.consumer().loop_settings();
+    loop_settings.metrics = metrics.clone();
+    let (group, input) = (settings.group().to_string(), settings.input_topic().to_string());
+    let consumer_loop = {
+        let (kafka, group) = (kafka.clone(), group.clone());
+        tokio::task::spawn_blocking(move || {
+            ConsumerLoop::new(&kafka, S::NAME, &group, &[input.as_str()], loop_settings)
+        })
+        .await
+        .context("creating the consumer")?
+        .context("setting `kafka`: cannot create the consumer")?
+    };
+    let _ = status.set(consumer_loop.status());
+    let lag_client = {
+        let group = group.clone();
+        tokio::task::spawn_blocking(move || crate::lag::client(&kafka, S::NAME, &group))
+            .await
+            .context("creating the lag client")?
+            .context("setting `kafka`: cannot create the lag client")?
+    };
+    let lag_stop = CancellationToken::new();
+    let lag_task = tokio::spawn(crate::lag::sample(
+        lag_client,
+        consumer_loop.status(),
+        metrics.clone(),
+        settings.consumer().lag_interval.into(),
+        lag_stop.clone(),
+    ));
+
+    // The loop stops on shutdown, and also when a part of the stage failed for good.
+    let stop = shutdown.child_token();
+    let stopper = {
+        let (stop, failed) = (stop.clone(), fatal.token.clone());
+        tokio::spawn(async move {
+            failed.cancelled().await;
+            stop.cancel();
+        })
+    };
+    tracing::info!(group = %group, topic = %settings.input_topic(), "{} consuming", S::NAME);
+    let result = consumer_loop.run(Arc::new(handler), stop).await;
+    stopper.abort();
+    lag_stop.cancel();
+    let _ = lag_task.await;
+    result.context("consumer loop failed")?;
+    tracing::info!("{} stopped", S::NAME);
+    Ok(())
+}
+
+/// `/readyz` `kafka`: the broker serves metadata.
+fn broker_check(kafka: &KafkaSettings) -> Check {
+    let kafka = kafka.clone();
+    ops::check(move || {
+        let kafka = kafka.clone();
+        async move { crate::kafka::check_broker(&kafka, Duration::from_secs(2)).await }
+    })
+}
+
+/// `/readyz` `progress`: the loop runs and makes progress, and no step has failed throughout
+/// `stall_after`.
+fn progress_check(status: Arc<OnceLock<LoopStatus>>, health: Health, stall_after: Duration) -> Check {
+    ops::check(move || {
+        let verdict = match status.get() {
+            None => Err("starting up".to_string()),
+            Some(status) => status.verdict(stall_after),
+        };
+        let problems = health.verdict(stall_after);
+        async move {
+            match (verdict, problems) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+                (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            }
+        }
+    })
 }
 
 #[derive(Debug, Parser)]

@@ -7,6 +7,8 @@ use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 use common::{
     config::{ConfigError, HumanDuration, KafkaSettings, RegistrySettings, Settings},
     consume::ConsumerSettings,
+    kafka::TopicSettings,
+    retry::BackoffSettings,
     telemetry::TelemetrySettings,
 };
 use schemas::topics;
@@ -40,17 +42,15 @@ pub struct EnricherConfig {
     /// offset still advances). Only customer events can be normalised, so this can only narrow
     /// the default set (e.g. leave out `customer.deleted` to never propagate deletions).
     pub event_types: BTreeSet<String>,
-    /// Create the input, output and dead-letter topics at start-up when they do not exist.
-    pub create_topics: bool,
-    /// Partition count of topics this stage creates (existing topics are left alone).
-    pub topic_partitions: i32,
+    /// Whether and how the input, output and dead-letter topics are created at start-up.
+    pub topics: TopicSettings,
     /// Tuning of the commit-after-success consumer loop, and how often lag is measured.
     pub consumer: ConsumerSettings,
     /// How long one output record may wait for the broker's acknowledgement (librdkafka
     /// `message.timeout.ms`, retries included) before it is produced again.
     pub produce_timeout: HumanDuration,
     /// Retry delays for transient failures (broker, registry).
-    pub backoff: BackoffConfig,
+    pub backoff: BackoffSettings,
 }
 
 impl Default for EnricherConfig {
@@ -69,37 +69,11 @@ impl Default for EnricherConfig {
                 .into_iter()
                 .map(String::from)
                 .collect(),
-            create_topics: true,
-            topic_partitions: 6,
+            topics: TopicSettings::default(),
             consumer: ConsumerSettings::default(),
             produce_timeout: HumanDuration::secs(30),
-            backoff: BackoffConfig::default(),
+            backoff: BackoffSettings::default(),
         }
-    }
-}
-
-/// Capped, jittered exponential backoff bounds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BackoffConfig {
-    /// First delay.
-    pub initial: HumanDuration,
-    /// Longest delay.
-    pub max: HumanDuration,
-}
-
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        BackoffConfig {
-            initial: HumanDuration::millis(100),
-            max: HumanDuration::secs(30),
-        }
-    }
-}
-
-impl BackoffConfig {
-    pub fn backoff(&self) -> common::retry::Backoff {
-        common::retry::Backoff::new(self.initial.into(), self.max.into())
     }
 }
 
@@ -167,26 +141,12 @@ impl Settings for EnricherConfig {
                 ),
             ));
         }
-        if !(1..=10_000).contains(&self.topic_partitions) {
-            return Err(ConfigError::invalid(
-                "topic_partitions",
-                "must be between 1 and 10000",
-            ));
-        }
+        self.topics.validate("topics")?;
         self.consumer.validate("consumer")?;
         if self.produce_timeout.0 < Duration::from_millis(100) {
             return Err(ConfigError::invalid("produce_timeout", "must be at least 100ms"));
         }
-        if self.backoff.initial.0.is_zero() {
-            return Err(ConfigError::invalid("backoff.initial", "must be longer than 0"));
-        }
-        if self.backoff.max < self.backoff.initial {
-            return Err(ConfigError::invalid(
-                "backoff.max",
-                "must be at least backoff.initial",
-            ));
-        }
-        Ok(())
+        self.backoff.validate("backoff")
     }
 }
 
@@ -211,6 +171,34 @@ impl common::stage::ConsumingStage for EnricherConfig {
 
     fn input_topic(&self) -> &str {
         &self.input_topic
+    }
+
+    fn instance_id(&self) -> Option<&str> {
+        self.instance_id.as_deref()
+    }
+
+    fn consumer(&self) -> &ConsumerSettings {
+        &self.consumer
+    }
+
+    fn backoff(&self) -> &BackoffSettings {
+        &self.backoff
+    }
+
+    fn topics(&self) -> &TopicSettings {
+        &self.topics
+    }
+
+    fn topics_to_create(&self) -> Vec<String> {
+        vec![
+            self.input_topic.clone(),
+            self.output_topic.clone(),
+            self.dlq_topic(),
+        ]
+    }
+
+    fn produce_timeout(&self) -> Duration {
+        self.produce_timeout.into()
     }
 }
 
@@ -237,8 +225,9 @@ mod tests {
         assert_eq!(c.output_topic, "customers.normalized");
         assert_eq!(c.dlq_topic(), "stripe.events.dlq");
         assert_eq!(c.event_types.len(), 3);
-        assert!(c.create_topics);
-        assert_eq!(c.topic_partitions, 6);
+        assert!(c.topics.create);
+        assert_eq!(c.topics.partitions, 6);
+        assert_eq!(c.topics.replication_factor, -1, "the cluster's default");
         assert_eq!(c.consumer.max_batch, 100);
     }
 
@@ -275,7 +264,9 @@ mod tests {
             (("dlq_topic", "customers.normalized"), "dlq_topic"),
             (("event_types", "[invoice.paid]"), "event_types"),
             (("event_types", "[]"), "event_types"),
-            (("topic_partitions", "0"), "topic_partitions"),
+            (("topics.partitions", "0"), "topics.partitions"),
+            (("topics.replication_factor", "0"), "topics.replication_factor"),
+            (("consumer.stall_after", "0s"), "consumer.stall_after"),
             (("consumer.max_batch", "0"), "consumer.max_batch"),
             (("produce_timeout", "1ms"), "produce_timeout"),
             (("backoff.initial", "0s"), "backoff.initial"),

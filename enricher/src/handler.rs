@@ -6,25 +6,27 @@
 //! broker, or its bytes on the dead-letter topic with the reason, or skipped. Only then does the
 //! loop let its offsets be committed, which makes delivery at-least-once.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use common::{
     consume::{Abandoned, BatchHandler, Record},
     dlq::{DeadLetters, Failure},
+    health::Health,
     kafka::{context_from_headers, trace_headers},
+    producer::{Pending, Producer, SendError},
+    retry::{self, BackoffSettings, Retry, Stopped, Verdict},
 };
 use opentelemetry::trace::TraceContextExt;
-use rdkafka::{
-    error::{KafkaError, RDKafkaErrorCode},
-    message::OwnedHeaders,
-    producer::{FutureProducer, FutureRecord},
-};
+use rdkafka::{message::OwnedHeaders, producer::FutureRecord};
 use schemas::{Codec, CodecError, Customer, StripeEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::{config::BackoffConfig, metrics::Metrics, normalize};
+use crate::{metrics::Metrics, normalize};
 
 /// Error class on dead letters of records whose output the broker refused for good.
 pub const CLASS_OUTPUT_REJECTED: &str = "output_rejected";
@@ -32,45 +34,52 @@ pub const CLASS_OUTPUT_REJECTED: &str = "output_rejected";
 /// What the enricher needs to process batches; shared by every partition's worker.
 pub struct Enricher {
     codec: Codec,
-    producer: Arc<FutureProducer>,
+    producer: Producer,
     dead_letters: DeadLetters,
+    health: Health,
     metrics: Metrics,
     output_topic: String,
     dlq_topic: String,
     /// Event types turned into customer changes; others are skipped.
     event_types: BTreeSet<String>,
-    backoff: BackoffConfig,
-    /// librdkafka reports every delivery within `message.timeout.ms`; this is the guard if it
-    /// does not.
-    delivery_guard: Duration,
+    backoff: BackoffSettings,
 }
 
 /// Construction parameters of an [`Enricher`].
 #[derive(Clone)]
 pub struct EnricherParts {
     pub codec: Codec,
-    pub producer: Arc<FutureProducer>,
+    pub producer: Producer,
+    pub dead_letters: DeadLetters,
+    pub health: Health,
     pub metrics: Metrics,
     pub output_topic: String,
     pub dlq_topic: String,
     pub event_types: BTreeSet<String>,
-    pub backoff: BackoffConfig,
-    pub produce_timeout: Duration,
+    pub backoff: BackoffSettings,
 }
 
 impl Enricher {
     pub fn new(parts: EnricherParts) -> Self {
-        let dead_letters = DeadLetters::new(parts.producer.clone(), crate::STAGE, parts.produce_timeout);
         Enricher {
             codec: parts.codec,
             producer: parts.producer,
-            dead_letters,
+            dead_letters: parts.dead_letters,
+            health: parts.health,
             metrics: parts.metrics,
             output_topic: parts.output_topic,
             dlq_topic: parts.dlq_topic,
             event_types: parts.event_types,
             backoff: parts.backoff,
-            delivery_guard: parts.produce_timeout + Duration::from_secs(5),
+        }
+    }
+
+    fn retry<'a>(&'a self, what: &'a str, cancel: &'a CancellationToken) -> Retry<'a> {
+        Retry {
+            what,
+            backoff: self.backoff.backoff(),
+            cancel,
+            health: Some(&self.health),
         }
     }
 }
@@ -204,19 +213,21 @@ impl Enricher {
         payload: &[u8],
         cancel: &CancellationToken,
     ) -> Result<(Result<StripeEvent, CodecError>, u32), Abandoned> {
-        let mut backoff = self.backoff.backoff();
-        loop {
-            let outcome = tokio::select! {
-                r = self.codec.decode::<StripeEvent>(payload) => r,
-                () = cancel.cancelled() => return Err(Abandoned),
-            };
-            match outcome {
+        let decoded = retry::until_cancelled(self.retry("decoding with the schema registry", cancel), |attempt| async move {
+            match self.codec.decode::<StripeEvent>(payload).await {
+                Ok(event) => Ok((event, attempt)),
                 Err(e) if e.is_transient() => {
                     self.metrics.retried("registry");
-                    self.wait(&mut backoff, &e, cancel).await?;
+                    Err(Verdict::Retry(e))
                 }
-                other => return Ok((other, backoff.attempts() + 1)),
+                Err(e) => Err(Verdict::GiveUp(e)),
             }
+        })
+        .await;
+        match decoded {
+            Ok((event, attempts)) => Ok((Ok(event), attempts)),
+            Err(Stopped::GaveUp { error, attempts }) => Ok((Err(error), attempts)),
+            Err(Stopped::Cancelled) => Err(Abandoned),
         }
     }
 
@@ -227,128 +238,154 @@ impl Enricher {
         customer: &Customer,
         cancel: &CancellationToken,
     ) -> Result<Result<Vec<u8>, CodecError>, Abandoned> {
-        let mut backoff = self.backoff.backoff();
-        loop {
-            let outcome = tokio::select! {
-                r = self.codec.encode(&self.output_topic, customer) => r,
-                () = cancel.cancelled() => return Err(Abandoned),
-            };
-            match outcome {
+        let what = format!("encoding for {}", self.output_topic);
+        let encoded = retry::until_cancelled(self.retry(&what, cancel), |_| async {
+            match self.codec.encode(&self.output_topic, customer).await {
+                Ok(payload) => Ok(payload),
                 Err(e @ (CodecError::RegistryUnavailable(_) | CodecError::SchemaRejected { .. })) => {
                     self.metrics.retried("registry");
                     if matches!(e, CodecError::SchemaRejected { .. }) {
                         tracing::error!(error = %e, "the registry refuses the output schema; retrying until it is fixed");
                     }
-                    self.wait(&mut backoff, &e, cancel).await?;
+                    Err(Verdict::Retry(e))
                 }
-                other => return Ok(other),
+                Err(e) => Err(Verdict::GiveUp(e)),
             }
-        }
-    }
-
-    async fn wait(
-        &self,
-        backoff: &mut common::retry::Backoff,
-        error: &(dyn std::fmt::Display + Sync),
-        cancel: &CancellationToken,
-    ) -> Result<(), Abandoned> {
-        let delay = backoff.next_delay();
-        tracing::warn!(error = %error, retry_in = ?delay, attempt = backoff.attempts(), "transient failure; retrying");
-        tokio::select! {
-            () = tokio::time::sleep(delay) => Ok(()),
-            () = cancel.cancelled() => Err(Abandoned),
+        })
+        .await;
+        match encoded {
+            Ok(payload) => Ok(Ok(payload)),
+            Err(Stopped::GaveUp { error, .. }) => Ok(Err(error)),
+            Err(Stopped::Cancelled) => Err(Abandoned),
         }
     }
 
     /// Produces every output and waits for all acknowledgements. All records are enqueued at
     /// once (the idempotent producer keeps their order within a partition); when one fails, it
     /// and every record after it are produced again, in order, so a key's last record on the
-    /// output topic is always its latest change (earlier ones may repeat).
+    /// output topic is always its latest change (earlier ones may repeat). A record the broker
+    /// refuses for good is dead-lettered and the rest go on.
     async fn produce_in_order(
         &self,
         outputs: &[Output<'_>],
         cancel: &CancellationToken,
     ) -> Result<(), Abandoned> {
-        let mut from = 0;
-        let mut backoff = self.backoff.backoff();
-        while from < outputs.len() {
-            let mut deliveries = Vec::with_capacity(outputs.len() - from);
-            let mut stop: Option<KafkaError> = None;
-            for out in &outputs[from..] {
-                let record = FutureRecord::to(&self.output_topic)
-                    .key(out.key.as_str())
-                    .payload(out.payload.as_slice())
-                    .headers(out.headers.clone());
-                match self.producer.send_result(record) {
-                    Ok(delivery) => deliveries.push(delivery),
-                    Err((e, _)) => {
-                        stop = Some(e);
-                        break;
-                    }
-                }
-            }
-            let enqueued = deliveries.len();
-            let mut failed: Option<(usize, KafkaError)> = None;
-            for (i, delivery) in deliveries.into_iter().enumerate() {
-                let outcome = tokio::select! {
-                    r = tokio::time::timeout(self.delivery_guard, delivery) => r,
-                    () = cancel.cancelled() => return Err(Abandoned),
-                };
-                let error = match outcome {
-                    Ok(Ok(Ok(_))) => None,
-                    Ok(Ok(Err((e, _)))) => Some(e),
-                    Ok(Err(_)) => Some(KafkaError::Canceled),
-                    Err(_) => Some(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)),
-                };
-                if let Some(e) = error {
-                    failed = Some((from + i, e));
-                    break;
-                }
-                let out = &outputs[from + i];
-                self.metrics.records_out.inc();
-                out.span
-                    .in_scope(|| tracing::debug!(key = %out.key, "customer change produced"));
-            }
-            match (failed, stop) {
-                (None, None) => return Ok(()),
-                (None, Some(e)) => {
-                    // Enqueueing stopped (typically a local queue full of other partitions'
-                    // records): what was enqueued is acknowledged; carry on from there, after a
-                    // pause when nothing could be enqueued or the error was not a full queue.
-                    from += enqueued;
-                    let queue_full = matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
-                    if enqueued == 0 || !queue_full {
-                        if !queue_full {
-                            self.metrics.retried("broker");
+        // The first output not yet acknowledged; attempts start there.
+        let acked = AtomicUsize::new(0);
+        let what = format!("producing to {}", self.output_topic);
+        while acked.load(Ordering::SeqCst) < outputs.len() {
+            let step = retry::until_cancelled(self.retry(&what, cancel), |_| {
+                let start = acked.load(Ordering::SeqCst);
+                let acked = &acked;
+                async move {
+                    let (pending, stop) = self.enqueue_from(&outputs[start..]);
+                    let enqueued = pending.len();
+                    for (i, delivery) in pending.into_iter().enumerate() {
+                        let out = &outputs[start + i];
+                        match delivery.wait().await {
+                            Ok(_) => {
+                                self.metrics.records_out.inc();
+                                out.span
+                                    .in_scope(|| tracing::debug!(key = %out.key, "customer change produced"));
+                                acked.store(start + i + 1, Ordering::SeqCst);
+                            }
+                            Err(SendError::Permanent(e)) => {
+                                return Err(Verdict::GiveUp(ProduceFailure::Refused(start + i, e)));
+                            }
+                            Err(e) => {
+                                out.span.in_scope(
+                                    || tracing::warn!(error = %e, "producing a customer change failed"),
+                                );
+                                self.metrics.retried("broker");
+                                return Err(Verdict::Retry(ProduceFailure::Transient(e)));
+                            }
                         }
-                        self.wait(&mut backoff, &e, cancel).await?;
+                    }
+                    match stop {
+                        None => Ok(()),
+                        Some(SendError::Permanent(e)) => {
+                            Err(Verdict::GiveUp(ProduceFailure::Refused(start + enqueued, e)))
+                        }
+                        // A local queue full of other partitions' records: what was enqueued is
+                        // acknowledged now, so go on at once when that was something.
+                        Some(e) if e.is_queue_full() && enqueued > 0 => {
+                            Err(Verdict::RetryNow(ProduceFailure::Transient(e)))
+                        }
+                        Some(e) => {
+                            if !e.is_queue_full() {
+                                self.metrics.retried("broker");
+                            }
+                            Err(Verdict::Retry(ProduceFailure::Transient(e)))
+                        }
                     }
                 }
-                (Some((i, e)), _) if is_permanent(&e) => {
+            })
+            .await;
+            match step {
+                Ok(()) => return Ok(()),
+                Err(Stopped::Cancelled) => return Err(Abandoned),
+                Err(Stopped::GaveUp {
+                    error: ProduceFailure::Refused(i, e),
+                    attempts,
+                }) => {
                     let out = &outputs[i];
                     let failure = Failure {
                         class: CLASS_OUTPUT_REJECTED.into(),
                         message: e.to_string(),
-                        attempts: backoff.attempts() + 1,
+                        attempts,
                     };
                     out.span.in_scope(|| tracing::error!(error = %e, "the broker refuses the customer change; dead-lettering the event"));
                     self.dead_letters
                         .send(&self.dlq_topic, out.record, &failure, cancel)
                         .await?;
                     self.metrics.dead_lettered(CLASS_OUTPUT_REJECTED);
-                    from = i + 1;
+                    acked.store(i + 1, Ordering::SeqCst);
                 }
-                (Some((i, e)), _) => {
-                    outputs[i]
-                        .span
-                        .in_scope(|| tracing::warn!(error = %e, "producing a customer change failed"));
-                    self.metrics.retried("broker");
-                    self.wait(&mut backoff, &e, cancel).await?;
-                    from = i;
+                Err(Stopped::GaveUp {
+                    error: ProduceFailure::Transient(e),
+                    ..
+                }) => {
+                    // Not produced by the attempt above; retried like any transient failure.
+                    tracing::warn!(error = %e, "producing failed; retrying");
                 }
             }
         }
         Ok(())
+    }
+
+    /// Enqueues outputs in order until one is refused; returns the pending deliveries and the
+    /// refusal, if any.
+    fn enqueue_from(&self, outputs: &[Output<'_>]) -> (Vec<Pending>, Option<SendError>) {
+        let mut pending = Vec::with_capacity(outputs.len());
+        for out in outputs {
+            let record = FutureRecord::to(&self.output_topic)
+                .key(out.key.as_str())
+                .payload(out.payload.as_slice())
+                .headers(out.headers.clone());
+            match self.producer.enqueue(record) {
+                Ok(p) => pending.push(p),
+                Err(e) => return (pending, Some(e)),
+            }
+        }
+        (pending, None)
+    }
+}
+
+/// Why one attempt at producing a batch's outputs stopped.
+#[derive(Debug)]
+enum ProduceFailure {
+    /// Retry from the first output not acknowledged.
+    Transient(SendError),
+    /// The broker refuses output `0` itself: dead-letter its input record.
+    Refused(usize, rdkafka::error::KafkaError),
+}
+
+impl std::fmt::Display for ProduceFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProduceFailure::Transient(e) => write!(f, "{e}"),
+            ProduceFailure::Refused(_, e) => write!(f, "refused: {e}"),
+        }
     }
 }
 
@@ -367,16 +404,4 @@ impl Step {
             attempts,
         })
     }
-}
-
-/// Produce errors no retry can fix: the record itself is refused.
-fn is_permanent(e: &KafkaError) -> bool {
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessage
-                | RDKafkaErrorCode::InvalidMessageSize
-        )
-    )
 }

@@ -151,8 +151,9 @@ async fn prepare(
                 name: config.topic.clone(),
                 partitions: config.topic_partitions,
                 replication: config.topic_replication,
+                config: Default::default(),
             };
-            match common::kafka::ensure_topics(&config.kafka, &[spec]).await {
+            match common::kafka::ensure_topics(&config.kafka, &[spec], "topic_replication").await {
                 Ok(()) => topic_ready = true,
                 Err(e) => {
                     tracing::warn!(topic = %config.topic, error = %e, "cannot create the topic yet; retrying")

@@ -6,9 +6,11 @@
 
 use std::future::Future;
 
-use common::{consume::Abandoned, retry::Backoff};
+use common::{
+    consume::Abandoned,
+    retry::{self, Retry, Stopped, Verdict},
+};
 use schemas::Customer;
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::WriteError,
@@ -86,45 +88,35 @@ pub enum Finished {
 }
 
 /// Applies `change` until it is finished, retrying transient failures; `Err(Abandoned)` when
-/// `cancel` fires first.
+/// `retry.cancel` fires first. Throttling already paused every writer for `Retry-After`, so a
+/// throttled attempt is tried again at once (the next request waits for the pause).
 pub async fn apply<C: Contacts>(
     contacts: &C,
     columns: &Columns,
     change: &Customer,
     metrics: &Metrics,
-    mut backoff: Backoff,
-    cancel: &CancellationToken,
+    retry: Retry<'_>,
 ) -> Result<Finished, Abandoned> {
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        let result = tokio::select! {
-            r = apply_once(contacts, columns, change, metrics) => r,
-            () = cancel.cancelled() => return Err(Abandoned),
-        };
-        let error = match result {
-            Ok(outcome) => return Ok(Finished::Done(outcome)),
-            Err(error @ WriteError::Rejected { .. }) => return Ok(Finished::Refused { error, attempts }),
-            Err(error) => error,
-        };
-        let class = error.class();
-        metrics.retried(class);
-        // Throttling already paused every writer for Retry-After; the next request waits for the
-        // pause, so no backoff of its own.
-        let delay = if class == "throttled" {
-            std::time::Duration::ZERO
-        } else {
-            backoff.next_delay()
-        };
-        if attempts == 1 || attempts.is_multiple_of(10) {
-            tracing::warn!(attempts, error = %error, retry_in = ?delay, "write failed; retrying");
-        } else {
-            tracing::debug!(attempts, error = %error, retry_in = ?delay, "write failed; retrying");
-        }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = cancel.cancelled() => return Err(Abandoned),
-        }
+    let result = retry::until_cancelled(retry, |_| async {
+        apply_once(contacts, columns, change, metrics)
+            .await
+            .map_err(|error| match error {
+                e @ WriteError::Rejected { .. } => Verdict::GiveUp(e),
+                e => {
+                    metrics.retried(e.class());
+                    if e.class() == "throttled" {
+                        Verdict::RetryNow(e)
+                    } else {
+                        Verdict::Retry(e)
+                    }
+                }
+            })
+    })
+    .await;
+    match result {
+        Ok(outcome) => Ok(Finished::Done(outcome)),
+        Err(Stopped::GaveUp { error, attempts }) => Ok(Finished::Refused { error, attempts }),
+        Err(Stopped::Cancelled) => Err(Abandoned),
     }
 }
 
@@ -134,6 +126,7 @@ mod tests {
     use crate::config::DeleteMode;
     use crate::guard::tests::{Model, columns, delete, upsert};
     use std::{collections::VecDeque, sync::Mutex, time::Duration};
+    use tokio_util::sync::CancellationToken;
 
     /// The table model behind the `Contacts` interface, with scripted failures and an optional
     /// competing writer that slips in between a read and the write.
@@ -183,12 +176,18 @@ mod tests {
         }
     }
 
-    fn quick() -> Backoff {
-        Backoff::new(Duration::from_millis(1), Duration::from_millis(5))
+    fn quick(cancel: &CancellationToken) -> Retry<'_> {
+        Retry {
+            what: "writing",
+            backoff: common::retry::Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
+            cancel,
+            health: None,
+        }
     }
 
     #[tokio::test]
     async fn transient_failures_are_retried_until_written() {
+        let never = CancellationToken::new();
         let store = fake();
         store.failures.lock().unwrap().extend([
             WriteError::transient("server_error", "503"),
@@ -202,8 +201,7 @@ mod tests {
             &cols,
             &upsert("cus_1", 10, "A"),
             &metrics,
-            quick(),
-            &CancellationToken::new(),
+            quick(&never),
         )
         .await
         .unwrap();
@@ -212,6 +210,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lost_race_is_decided_again_not_dead_lettered() {
+        let never = CancellationToken::new();
         let store = fake();
         let (metrics, _) = Metrics::new();
         let cols = store.columns.clone().unwrap();
@@ -227,8 +226,7 @@ mod tests {
             &cols,
             &upsert("cus_1", 20, "B"),
             &metrics,
-            quick(),
-            &CancellationToken::new(),
+            quick(&never),
         )
         .await
         .unwrap();
@@ -243,8 +241,7 @@ mod tests {
             &cols,
             &delete("cus_1", 40),
             &metrics,
-            quick(),
-            &CancellationToken::new(),
+            quick(&never),
         )
         .await
         .unwrap();
@@ -253,6 +250,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_412_that_is_not_a_race_is_a_refusal() {
+        let never = CancellationToken::new();
         let store = Fake {
             always_412: true,
             ..fake()
@@ -264,8 +262,7 @@ mod tests {
             &cols,
             &upsert("cus_1", 10, "A"),
             &metrics,
-            quick(),
-            &CancellationToken::new(),
+            quick(&never),
         )
         .await
         .unwrap();
@@ -283,6 +280,7 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_are_returned_and_cancellation_abandons() {
+        let never = CancellationToken::new();
         let store = fake();
         store.failures.lock().unwrap().push_back(WriteError::Rejected {
             status: 403,
@@ -296,8 +294,7 @@ mod tests {
             &cols,
             &upsert("cus_1", 1, "A"),
             &metrics,
-            quick(),
-            &CancellationToken::new(),
+            quick(&never),
         )
         .await
         .unwrap();
@@ -321,8 +318,7 @@ mod tests {
             &cols,
             &upsert("cus_1", 2, "B"),
             &metrics,
-            quick(),
-            &cancel,
+            quick(&cancel),
         )
         .await;
         assert_eq!(result, Err(Abandoned));

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use common::config::{ConfigError, HumanDuration, KafkaSettings, RegistrySettings, Secret, Settings};
 pub use common::consume::ConsumerSettings;
-use common::telemetry::TelemetrySettings;
+use common::{kafka::TopicSettings, retry::BackoffSettings, telemetry::TelemetrySettings};
 use serde::{Deserialize, Serialize};
 
 /// Dataverse refuses more than 52 concurrent requests per user and web server
@@ -39,10 +39,8 @@ pub struct SinkConfig {
     pub input_topic: String,
     /// Where records Dataverse refuses go. Default `<input_topic>.dlq`.
     pub dlq_topic: Option<String>,
-    /// Create the dead-letter topic at start-up when it does not exist. Default `true`.
-    pub create_dlq_topic: bool,
-    /// Partitions of a dead-letter topic created at start-up. Default 1.
-    pub dlq_partitions: i32,
+    /// Whether and how the dead-letter topic is created at start-up.
+    pub topics: TopicSettings,
     /// Where and how to write.
     pub dataverse: DataverseSettings,
     /// Customer field → contact column. An empty column name leaves the field unwritten.
@@ -57,8 +55,13 @@ pub struct SinkConfig {
     pub linger: HumanDuration,
     /// Bound on one HTTP request to Dataverse or the token endpoint. Default `30s`.
     pub request_timeout: HumanDuration,
-    /// Retry and throttling behaviour.
-    pub retry: RetrySettings,
+    /// Retry delays for transient failures (Dataverse, the broker, the registry).
+    pub backoff: BackoffSettings,
+    /// How a 429 from Dataverse is honoured.
+    pub throttle: ThrottleSettings,
+    /// How long a dead letter may wait for the broker's acknowledgement before it is sent again.
+    /// Default `30s`.
+    pub produce_timeout: HumanDuration,
     /// Consumer loop tuning.
     pub consumer: ConsumerSettings,
 }
@@ -74,15 +77,16 @@ impl Default for SinkConfig {
             instance_id: None,
             input_topic: schemas::topics::CUSTOMERS_NORMALIZED.into(),
             dlq_topic: None,
-            create_dlq_topic: true,
-            dlq_partitions: 1,
+            topics: TopicSettings::default(),
             dataverse: DataverseSettings::default(),
             mapping: Mapping::default(),
             max_concurrency: 8,
             batch_size: 50,
             linger: HumanDuration::millis(5),
             request_timeout: HumanDuration::secs(30),
-            retry: RetrySettings::default(),
+            backoff: BackoffSettings::default(),
+            throttle: ThrottleSettings::default(),
+            produce_timeout: HumanDuration::secs(30),
             consumer: ConsumerSettings::default(),
         }
     }
@@ -242,14 +246,10 @@ impl Default for Mapping {
     }
 }
 
-/// Backoff for transient failures and how throttling is handled.
+/// How throttling (429) is handled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct RetrySettings {
-    /// First delay after a transient failure. Default `200ms`.
-    pub initial_backoff: HumanDuration,
-    /// Longest delay between retries. Default `30s`.
-    pub max_backoff: HumanDuration,
+pub struct ThrottleSettings {
     /// Successful requests at the current concurrency before it grows by one, after a 429 cut
     /// it. Default 20.
     pub ramp_up_after: u32,
@@ -260,11 +260,9 @@ pub struct RetrySettings {
     pub max_retry_after: HumanDuration,
 }
 
-impl Default for RetrySettings {
+impl Default for ThrottleSettings {
     fn default() -> Self {
-        RetrySettings {
-            initial_backoff: HumanDuration::millis(200),
-            max_backoff: HumanDuration::secs(30),
+        ThrottleSettings {
             ramp_up_after: 20,
             default_retry_after: HumanDuration::secs(5),
             max_retry_after: HumanDuration::secs(300),
@@ -299,9 +297,7 @@ impl Settings for SinkConfig {
         if self.dlq_topic() == self.input_topic {
             return Err(ConfigError::invalid("dlq_topic", "must differ from input_topic"));
         }
-        if self.dlq_partitions < 1 {
-            return Err(ConfigError::invalid("dlq_partitions", "must be at least 1"));
-        }
+        self.topics.validate("topics")?;
         if !(1..=MAX_CONCURRENCY_LIMIT).contains(&self.max_concurrency) {
             return Err(ConfigError::invalid(
                 "max_concurrency",
@@ -326,33 +322,25 @@ impl Settings for SinkConfig {
         if self.request_timeout.0 < Duration::from_millis(100) {
             return Err(ConfigError::invalid("request_timeout", "must be at least 100ms"));
         }
-        let r = &self.retry;
-        if r.initial_backoff.0.is_zero() {
-            return Err(ConfigError::invalid(
-                "retry.initial_backoff",
-                "must be above zero",
-            ));
-        }
-        if r.max_backoff < r.initial_backoff {
-            return Err(ConfigError::invalid(
-                "retry.max_backoff",
-                "must be at least retry.initial_backoff",
-            ));
-        }
+        self.backoff.validate("backoff")?;
+        let r = &self.throttle;
         if r.ramp_up_after == 0 {
-            return Err(ConfigError::invalid("retry.ramp_up_after", "must be at least 1"));
+            return Err(ConfigError::invalid("throttle.ramp_up_after", "must be at least 1"));
         }
         if r.default_retry_after.0.is_zero() {
             return Err(ConfigError::invalid(
-                "retry.default_retry_after",
+                "throttle.default_retry_after",
                 "must be above zero",
             ));
         }
         if r.max_retry_after < r.default_retry_after {
             return Err(ConfigError::invalid(
-                "retry.max_retry_after",
-                "must be at least retry.default_retry_after",
+                "throttle.max_retry_after",
+                "must be at least throttle.default_retry_after",
             ));
+        }
+        if self.produce_timeout.0 < Duration::from_millis(100) {
+            return Err(ConfigError::invalid("produce_timeout", "must be at least 100ms"));
         }
         self.consumer.validate("consumer")?;
         self.validate_dataverse()?;
@@ -549,6 +537,30 @@ impl common::stage::ConsumingStage for SinkConfig {
     fn input_topic(&self) -> &str {
         &self.input_topic
     }
+
+    fn instance_id(&self) -> Option<&str> {
+        self.instance_id.as_deref()
+    }
+
+    fn consumer(&self) -> &ConsumerSettings {
+        &self.consumer
+    }
+
+    fn backoff(&self) -> &BackoffSettings {
+        &self.backoff
+    }
+
+    fn topics(&self) -> &TopicSettings {
+        &self.topics
+    }
+
+    fn topics_to_create(&self) -> Vec<String> {
+        vec![self.dlq_topic()]
+    }
+
+    fn produce_timeout(&self) -> Duration {
+        self.produce_timeout.into()
+    }
 }
 
 #[cfg(test)]
@@ -613,7 +625,9 @@ mod tests {
             ),
             ("SINK_MAPPING__PHONE", "mobilephone"),
             ("SINK_MAPPING__METADATA__SEGMENT", "new_segment"),
-            ("SINK_RETRY__MAX_BACKOFF", "2s"),
+            ("SINK_BACKOFF__MAX", "2s"),
+            ("SINK_THROTTLE__MAX_RETRY_AFTER", "60s"),
+            ("SINK_TOPICS__REPLICATION_FACTOR", "3"),
             ("SINK_CONSUMER__SHUTDOWN_GRACE", "1s"),
         ])
         .unwrap();
@@ -626,7 +640,9 @@ mod tests {
         );
         assert_eq!(c.mapping.phone, "mobilephone");
         assert_eq!(c.mapping.metadata["segment"], "new_segment");
-        assert_eq!(c.retry.max_backoff, HumanDuration::secs(2));
+        assert_eq!(c.backoff.max, HumanDuration::secs(2));
+        assert_eq!(c.throttle.max_retry_after, HumanDuration::secs(60));
+        assert_eq!(c.topics.replication_factor, 3);
         assert_eq!(c.consumer.loop_settings().shutdown_grace, Duration::from_secs(1));
     }
 
@@ -660,7 +676,9 @@ mod tests {
             ),
             (vec![("SINK_MAPPING__PHONE", "firstname")], "mapping.phone"),
             (vec![("SINK_MAPPING__PHONE", "statecode")], "mapping.phone"),
-            (vec![("SINK_RETRY__MAX_BACKOFF", "10ms")], "retry.max_backoff"),
+            (vec![("SINK_BACKOFF__MAX", "1ms")], "backoff.max"),
+            (vec![("SINK_THROTTLE__RAMP_UP_AFTER", "0")], "throttle.ramp_up_after"),
+            (vec![("SINK_TOPICS__PARTITIONS", "0")], "topics.partitions"),
             (vec![("SINK_DLQ_TOPIC", "customers.normalized")], "dlq_topic"),
             (
                 vec![("SINK_DATAVERSE__DELETE_MODE", "purge")],

@@ -4,12 +4,13 @@
 //! every record is finished (written, skipped by the guard, or dead-lettered), which is what lets
 //! the loop commit.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc};
 
 use common::{
     consume::{Abandoned, BatchHandler, Record},
     dlq::{DeadLetters, Failure},
-    retry::Backoff,
+    health::Health,
+    retry::{self, BackoffSettings, Retry, Stopped, Verdict},
 };
 use rdkafka::message::Header;
 use schemas::{Codec, Customer};
@@ -47,14 +48,10 @@ pub struct SinkHandler<C> {
     pub dead_letters: DeadLetters,
     pub dlq_topic: String,
     pub metrics: Metrics,
-    /// Initial and maximum delay between retries of a transient failure.
-    pub backoff: (Duration, Duration),
-}
-
-impl<C> SinkHandler<C> {
-    fn backoff(&self) -> Backoff {
-        Backoff::new(self.backoff.0, self.backoff.1)
-    }
+    /// Where lasting failures are reported, for `/readyz`.
+    pub health: Health,
+    /// Delays between retries of a transient failure.
+    pub backoff: BackoffSettings,
 }
 
 /// A dead letter's reason.
@@ -121,42 +118,43 @@ impl<C: Contacts> SinkHandler<C> {
             self.dead_letter(record, reason, cancel).await?;
             return Ok(None);
         };
-        let mut backoff = self.backoff();
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let error = match self.codec.decode::<Customer>(payload).await {
-                Ok(change) if change.customer_id.trim().is_empty() => {
-                    let reason = Reason {
-                        class: "invalid_record",
-                        message: "the change has an empty customer_id".into(),
-                        attempts,
-                        dataverse: None,
-                    };
-                    self.dead_letter(record, reason, cancel).await?;
-                    return Ok(None);
+        let decoded = retry::until_cancelled(
+            Retry {
+                what: "decoding with the schema registry",
+                backoff: self.backoff.backoff(),
+                cancel,
+                health: Some(&self.health),
+            },
+            |_| async {
+                match self.codec.decode::<Customer>(payload).await {
+                    Ok(change) => Ok(change),
+                    Err(e) if e.is_transient() => {
+                        self.metrics.retried(e.class());
+                        Err(Verdict::Retry(e))
+                    }
+                    Err(e) => Err(Verdict::GiveUp(e)),
                 }
-                Ok(change) => return Ok(Some(change)),
-                Err(e) if e.is_transient() => e,
-                Err(e) => {
-                    let reason = Reason {
-                        class: e.class(),
-                        message: e.to_string(),
-                        attempts,
-                        dataverse: None,
-                    };
-                    self.dead_letter(record, reason, cancel).await?;
-                    return Ok(None);
-                }
-            };
-            self.metrics.retried(error.class());
-            let delay = backoff.next_delay();
-            tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, error = %error, retry_in = ?delay, "decoding failed; retrying");
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = cancel.cancelled() => return Err(Abandoned),
-            }
-        }
+            },
+        )
+        .await;
+        let reason = match decoded {
+            Ok(change) if change.customer_id.trim().is_empty() => Reason {
+                class: "invalid_record",
+                message: "the change has an empty customer_id".into(),
+                attempts: 1,
+                dataverse: None,
+            },
+            Ok(change) => return Ok(Some(change)),
+            Err(Stopped::Cancelled) => return Err(Abandoned),
+            Err(Stopped::GaveUp { error, attempts }) => Reason {
+                class: error.class(),
+                message: error.to_string(),
+                attempts,
+                dataverse: None,
+            },
+        };
+        self.dead_letter(record, reason, cancel).await?;
+        Ok(None)
     }
 
     /// Applies one change until it is finished.
@@ -185,8 +183,12 @@ impl<C: Contacts> SinkHandler<C> {
                 &self.columns,
                 change,
                 &self.metrics,
-                self.backoff(),
-                cancel,
+                Retry {
+                    what: "writing to Dataverse",
+                    backoff: self.backoff.backoff(),
+                    cancel,
+                    health: Some(&self.health),
+                },
             )
             .await?;
             let outcome = match finished {

@@ -15,9 +15,11 @@
 //! * [`rate`] — the throttling policy (Retry-After pauses, halving, ramp-up, dop hint). Pure core.
 //! * [`auth`] — OAuth 2.0 client credentials, cached and renewed.
 //! * [`batch`], [`odata`], [`error`] — wire formats and the error classification. Pure.
-//! * [`config`], [`metrics`], [`lag`] — settings, Prometheus metrics, consumer lag.
+//! * [`config`], [`metrics`] — settings and the stage's Prometheus metrics (the loop's own, lag
+//!   included, come from `common`).
 //!
-//! [`run`] wires them together; `main.rs` only parses the command line.
+//! [`run`] builds the handler and hands it to `common::stage::run_consuming`, which wires the ops
+//! endpoints, producer, topics, consumer loop and lag; `main.rs` only parses the command line.
 
 pub mod apply;
 pub mod auth;
@@ -27,7 +29,6 @@ pub mod config;
 pub mod error;
 pub mod guard;
 pub mod handler;
-pub mod lag;
 pub mod mapping;
 pub mod metrics;
 pub mod odata;
@@ -37,10 +38,8 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use common::{
-    consume::ConsumerLoop,
-    dlq::DeadLetters,
-    kafka::TopicSpec,
     ops::{self, Check},
+    stage::{self, StartError},
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -56,11 +55,8 @@ use crate::{
     rate::{Controller, Limiter},
 };
 
-/// Client id of the sink's Kafka clients.
-const CLIENT_ID: &str = "sink-dataverse";
-
-/// Runs the sink until `shutdown` is cancelled: serves the ops endpoints on `ops_listener`,
-/// checks the Dataverse configuration, then consumes. On shutdown, in-flight writes get
+/// Runs the sink until `shutdown` is cancelled (see [`common::stage::run_consuming`] for the
+/// wiring): checks the Dataverse configuration, then consumes. On shutdown, in-flight writes get
 /// `consumer.shutdown_grace` to finish, exactly what is finished is committed, and the call
 /// returns. Fails at start-up when Dataverse or the token endpoint definitely refuses the
 /// configuration (wrong table, columns, credentials); outages at start-up are only logged, and
@@ -70,7 +66,6 @@ pub async fn run(
     ops_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let addr = ops_listener.local_addr()?;
     let (metrics, registry) = Metrics::new();
     let request_timeout: Duration = config.request_timeout.into();
     let http = reqwest::Client::builder()
@@ -91,7 +86,7 @@ pub async fn run(
     ));
     let limiter = Limiter::new(Controller::new(
         config.max_concurrency,
-        config.retry.ramp_up_after,
+        config.throttle.ramp_up_after,
     ));
     metrics.concurrency_limit(limiter.limit());
     let transport = Arc::new(Transport::new(
@@ -101,103 +96,32 @@ pub async fn run(
         limiter,
         metrics.clone(),
         ThrottlePolicy {
-            default_retry_after: config.retry.default_retry_after.into(),
-            max_retry_after: config.retry.max_retry_after.into(),
+            default_retry_after: config.throttle.default_retry_after.into(),
+            max_retry_after: config.throttle.max_retry_after.into(),
         },
     ));
     let columns = Columns::from_config(&config);
+    let checks = readiness_checks(&tokens, &transport, &columns);
+    tracing::info!(environment = %dv.environment(), table = %columns.table, "sink-dataverse starting");
 
-    // The ops endpoints first, so /healthz answers while the rest starts.
-    let ops_stop = CancellationToken::new();
-    let router = ops::router(registry, readiness_checks(&config, &tokens, &transport, &columns));
-    let server = tokio::spawn(ops::serve(ops_listener, router, ops_stop.clone()));
-    tracing::info!(%addr, environment = %dv.environment(), table = %columns.table, "sink-dataverse starting");
-
-    let result = consume(&config, transport, columns, metrics, shutdown).await;
-    ops_stop.cancel();
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "ops server failed"),
-        Err(e) => tracing::warn!(error = %e, "ops server task failed"),
-    }
-    result
-}
-
-async fn consume(
-    config: &SinkConfig,
-    transport: Arc<Transport>,
-    columns: Columns,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    // Start-up steps can wait on unreachable services; a shutdown meanwhile ends them.
-    tokio::select! {
-        checked = check_dataverse(&transport, &columns) => checked?,
-        () = shutdown.cancelled() => return Ok(()),
-    }
-
-    let codec = schemas::Codec::new(&config.registry.codec_config()).context("schema registry settings")?;
-    let dlq_topic = config.dlq_topic();
-    if config.create_dlq_topic {
-        let topics = [TopicSpec::new(&dlq_topic, config.dlq_partitions)];
-        tokio::select! {
-            created = common::kafka::ensure_topics(&config.kafka, &topics) => {
-                created.with_context(|| format!("creating the dead-letter topic {dlq_topic}"))?;
-            }
-            () = shutdown.cancelled() => return Ok(()),
-        }
-    }
-    let kafka = config.kafka.clone();
-    let producer = tokio::task::spawn_blocking(move || {
-        common::kafka::producer(&kafka, CLIENT_ID, Duration::from_secs(30))
+    let config = &config;
+    stage::run_consuming(config, registry, checks, ops_listener, shutdown, move |startup| async move {
+        check_dataverse(&transport, &columns).await?;
+        let codec = schemas::Codec::new(&config.registry.codec_config()).context("schema registry settings")?;
+        let dataverse = Dataverse::start(transport, config.batch_size, config.linger.into());
+        tracing::info!(group = %config.group, topic = %config.input_topic, dlq = %config.dlq_topic(), "sink-dataverse started");
+        Ok::<_, StartError>(SinkHandler {
+            codec,
+            contacts: Arc::new(ContactStore::new(dataverse, columns.clone())),
+            columns,
+            dead_letters: startup.dead_letters,
+            dlq_topic: config.dlq_topic(),
+            metrics,
+            health: startup.health,
+            backoff: config.backoff.clone(),
+        })
     })
-    .await?
-    .context("creating the dead-letter producer")?;
-    let dead_letters = DeadLetters::new(Arc::new(producer), handler::STAGE, Duration::from_secs(30));
-
-    let mut kafka = config.kafka.clone();
-    if let Some(id) = &config.instance_id {
-        kafka
-            .properties
-            .insert("group.instance.id".into(), id.trim().to_string());
-    }
-    let (group, topic, loop_settings) = (
-        config.group.clone(),
-        config.input_topic.clone(),
-        config.consumer.loop_settings(),
-    );
-    let consumer_loop = tokio::task::spawn_blocking(move || {
-        ConsumerLoop::new(&kafka, CLIENT_ID, &group, &[&topic], loop_settings)
-    })
-    .await?
-    .context("creating the consumer")?;
-
-    let lag_stop = CancellationToken::new();
-    let lag = tokio::spawn(lag::report(
-        consumer_loop.consumer(),
-        metrics.clone(),
-        config.consumer.lag_interval.into(),
-        lag_stop.clone(),
-    ));
-
-    let dataverse = Dataverse::start(transport, config.batch_size, config.linger.into());
-    let handler = Arc::new(SinkHandler {
-        codec,
-        contacts: Arc::new(ContactStore::new(dataverse, columns.clone())),
-        columns,
-        dead_letters,
-        dlq_topic,
-        metrics,
-        backoff: (
-            config.retry.initial_backoff.into(),
-            config.retry.max_backoff.into(),
-        ),
-    });
-    tracing::info!(group = %config.group, topic = %config.input_topic, "consuming");
-    let result = consumer_loop.run(handler, shutdown).await;
-    lag_stop.cancel();
-    let _ = lag.await;
-    result.context("consumer loop")
+    .await
 }
 
 /// The probe path: one row of the table, only the given columns.
@@ -226,23 +150,14 @@ async fn check_dataverse(transport: &Transport, columns: &Columns) -> anyhow::Re
 }
 
 fn readiness_checks(
-    config: &SinkConfig,
     tokens: &Arc<TokenSource>,
     transport: &Arc<Transport>,
     columns: &Columns,
 ) -> Vec<(&'static str, Check)> {
-    let kafka = config.kafka.clone();
     let tokens = tokens.clone();
     let transport = transport.clone();
     let path = probe_path(columns, &[columns.alternate_key.as_str()]);
     vec![
-        (
-            "kafka",
-            ops::check(move || {
-                let kafka = kafka.clone();
-                async move { common::kafka::check_broker(&kafka, Duration::from_secs(2)).await }
-            }),
-        ),
         (
             "dataverse_token",
             ops::check(move || {

@@ -2,7 +2,7 @@
 //! `sink_dataverse_<thing>_<unit>`; label values come from fixed sets (outcomes, error classes)
 //! or the consumer's own assignment (topic, partition), never from ids or messages.
 
-use std::sync::{Arc, atomic::AtomicU64};
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -32,12 +32,6 @@ struct KindLabel {
     kind: &'static str,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PartitionLabel {
-    pub topic: String,
-    pub partition: i32,
-}
-
 fn request_histogram() -> Histogram {
     Histogram::new([
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -58,12 +52,11 @@ pub struct Metrics {
     request_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
     token_renewals: Family<ReasonLabel, Counter>,
     concurrency_limit: Gauge,
-    consumer_lag: Family<PartitionLabel, Gauge>,
 }
 
 impl Metrics {
     /// Creates the metrics and registers them in a new registry with the `sink_dataverse` prefix.
-    pub fn new() -> (Self, Arc<Registry>) {
+    pub fn new() -> (Self, Registry) {
         let mut registry = Registry::with_prefix("sink_dataverse");
         let m = Metrics {
             writes: Family::default(),
@@ -77,7 +70,6 @@ impl Metrics {
             request_seconds: Family::new_with_constructor(request_histogram),
             token_renewals: Family::default(),
             concurrency_limit: Gauge::default(),
-            consumer_lag: Family::default(),
         };
         registry.register(
             "writes",
@@ -133,11 +125,6 @@ impl Metrics {
             "Concurrent Dataverse requests allowed now",
             m.concurrency_limit.clone(),
         );
-        registry.register(
-            "consumer_lag",
-            "Records in the partition not yet committed by the group",
-            m.consumer_lag.clone(),
-        );
         // Every fixed series exists from the start, so rates and alerts work before the first write.
         for outcome in Outcome::ALL {
             let _ = m.writes.get_or_create(&OutcomeLabel {
@@ -147,7 +134,7 @@ impl Metrics {
         for kind in ["single", "batch"] {
             let _ = m.request_seconds.get_or_create(&KindLabel { kind });
         }
-        (m, Arc::new(registry))
+        (m, registry)
     }
 
     pub fn finished(&self, outcome: Outcome, seconds: f64) {
@@ -196,22 +183,5 @@ impl Metrics {
 
     pub fn concurrency_limit(&self, limit: usize) {
         self.concurrency_limit.set(limit as i64);
-    }
-
-    pub fn lag(&self, topic: &str, partition: i32, lag: i64) {
-        self.consumer_lag
-            .get_or_create(&PartitionLabel {
-                topic: topic.to_string(),
-                partition,
-            })
-            .set(lag);
-    }
-
-    /// Drops the lag series of a partition this member no longer owns.
-    pub fn forget_lag(&self, topic: &str, partition: i32) {
-        self.consumer_lag.remove(&PartitionLabel {
-            topic: topic.to_string(),
-            partition,
-        });
     }
 }

@@ -7,6 +7,8 @@
 //! * [`pipeline::Pipeline`] — everything at once, as a user runs it, for end-to-end tests.
 //! * [`unique`] — topic and group names no other test uses.
 //! * [`wait_until`] — poll a condition with a deadline, instead of sleeping.
+//! * [`inspect`] — what the stages did: watermarks, committed offsets, caught-up waits, a topic
+//!   read back, a stage's `/metrics`.
 //!
 //! Every child is killed when its handle is dropped, including when a test panics.
 //! Binaries: Tansu from the project cache (`scripts/setup.sh` installs it; `TANSU_BIN`
@@ -30,6 +32,7 @@ use rdkafka::{
 };
 use tempfile::TempDir;
 
+pub mod inspect;
 pub mod pipeline;
 
 /// The pinned broker version the set-up installs.
@@ -407,6 +410,7 @@ impl TestEnv {
         common::kafka::ensure_topics(
             &self.kafka_settings(),
             &[common::kafka::TopicSpec::new(name, partitions)],
+            "topics",
         )
         .await
         .with_context(|| format!("creating topic {name}"))

@@ -130,7 +130,8 @@ impl Pipeline {
                 set(&mut env, "ENRICHER_INPUT_TOPIC", &n.events_topic);
                 set(&mut env, "ENRICHER_OUTPUT_TOPIC", &n.customers_topic);
                 set(&mut env, "ENRICHER_GROUP", &n.enricher_group);
-                set(&mut env, "ENRICHER_TOPIC_PARTITIONS", "3");
+                set(&mut env, "ENRICHER_TOPICS__PARTITIONS", "3");
+                set(&mut env, "ENRICHER_TOPICS__REPLICATION_FACTOR", "1");
                 // Static membership: a restarted stage takes its partitions back at once (and the
                 // local broker mishandles a dynamic member rejoining after a kill).
                 set(
@@ -144,6 +145,7 @@ impl Pipeline {
                 set(&mut env, "SINK_LISTEN", &addr);
                 set(&mut env, "SINK_INPUT_TOPIC", &n.customers_topic);
                 set(&mut env, "SINK_GROUP", &n.sink_group);
+                set(&mut env, "SINK_TOPICS__REPLICATION_FACTOR", "1");
                 set(&mut env, "SINK_INSTANCE_ID", &format!("{}-1", n.sink_group));
                 set(&mut env, "SINK_DATAVERSE__ENVIRONMENT_URL", &emulator);
                 set(

@@ -1,4 +1,4 @@
-//! Foundation component tests: the codec against a real broker and the workspace's registry, as
+//! The codec against a real broker and the workspace's registry, as
 //! child processes, including restarts and every class of bad input.
 
 use std::time::Duration;
@@ -31,7 +31,7 @@ fn event(id: &str) -> StripeEvent {
 
 async fn produce(env: &TestEnv, codec: &Codec, topic: &str, record: &StripeEvent) -> (i32, i64) {
     let producer =
-        common::kafka::producer(&env.kafka_settings(), "foundation-test", Duration::from_secs(10)).unwrap();
+        common::kafka::producer(&env.kafka_settings(), "codec-test", Duration::from_secs(10)).unwrap();
     let payload = codec.encode(topic, record).await.unwrap();
     let key = record.object_id.clone().unwrap();
     let delivery = producer
@@ -51,7 +51,7 @@ async fn produce(env: &TestEnv, codec: &Codec, topic: &str, record: &StripeEvent
 fn consumer(env: &TestEnv, group: &str, topic: &str) -> StreamConsumer {
     let consumer: StreamConsumer = common::kafka::consumer(
         &env.kafka_settings(),
-        "foundation-test",
+        "codec-test",
         group,
         DefaultConsumerContext,
     )

@@ -9,11 +9,7 @@ use std::{
 
 use common::consume::{Abandoned, BatchHandler, ConsumerLoop, LoopSettings, Record};
 use harness::{TestEnv, unique, wait_until};
-use rdkafka::{
-    ClientConfig, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
-    producer::{FutureProducer, FutureRecord},
-};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 async fn produce(env: &TestEnv, topic: &str, n: usize, keys: usize) {
@@ -32,44 +28,6 @@ async fn produce(env: &TestEnv, topic: &str, n: usize, keys: usize) {
     for d in pending {
         d.await.unwrap().map_err(|(e, _)| e).unwrap();
     }
-}
-
-fn committed(env: &TestEnv, group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", env.broker.bootstrap_servers())
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    got.elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn high_watermarks(env: &TestEnv, topic: &str, partitions: i32) -> HashMap<i32, i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", env.broker.bootstrap_servers())
-        .create()
-        .unwrap();
-    (0..partitions)
-        .map(|p| {
-            (
-                p,
-                consumer
-                    .fetch_watermarks(topic, p, Duration::from_secs(10))
-                    .unwrap()
-                    .1,
-            )
-        })
-        .collect()
 }
 
 /// Records what it saw, in the order it finished it.
@@ -142,10 +100,7 @@ async fn records_are_handled_in_partition_order_and_committed_after_success() {
             assert!(*o > prev, "partition {p}: offset {o} handled after {prev}");
         }
     }
-    assert_eq!(
-        committed(&env, &group, &topic, 3),
-        high_watermarks(&env, &topic, 3)
-    );
+    assert_eq!(env.committed(&group, &topic).await, env.high_watermarks(&topic).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -185,7 +140,7 @@ async fn unfinished_work_is_never_committed_and_is_redelivered() {
     shutdown.cancel();
     run.await.unwrap().unwrap();
     assert_eq!(
-        committed(&env, &group, &topic, 1).get(&0),
+        env.committed(&group, &topic).await.get(&0),
         Some(&5),
         "commit stops at the unfinished record"
     );
@@ -206,5 +161,5 @@ async fn unfinished_work_is_never_committed_and_is_redelivered() {
     run.await.unwrap().unwrap();
     let offsets: Vec<i64> = handler.seen.lock().unwrap().iter().map(|(_, o)| *o).collect();
     assert_eq!(offsets, vec![5, 6, 7, 8, 9]);
-    assert_eq!(committed(&env, &group, &topic, 1).get(&0), Some(&10));
+    assert_eq!(env.committed(&group, &topic).await.get(&0), Some(&10));
 }

@@ -1,20 +1,15 @@
 //! Helpers shared by the component tests: Stripe events to feed in, an enricher run in-process,
 //! and readers that check what came out, all against the harness's real broker and registry.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use common::config::HumanDuration;
-use enricher::{EnricherConfig, config::BackoffConfig};
-use harness::{TestEnv, unique, wait_until};
+use common::{kafka::TopicSettings, retry::BackoffSettings};
+use enricher::EnricherConfig;
+pub use harness::inspect::{DEADLINE, Record as Raw, metric, scrape, wait_metric};
+use harness::{TestEnv, unique};
 use opentelemetry::Context;
 use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
     message::{Headers, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
@@ -22,13 +17,20 @@ use schemas::{Codec, Customer, StripeEvent};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub const DEADLINE: Duration = Duration::from_secs(120);
-
 /// Broker, registry and the clients a test uses to feed and read topics.
 pub struct Env {
     pub env: TestEnv,
     pub codec: Codec,
     pub producer: Arc<FutureProducer>,
+}
+
+impl std::ops::Deref for Env {
+    type Target = TestEnv;
+
+    /// The harness's inspection helpers (watermarks, commits, read-back) on this test's broker.
+    fn deref(&self) -> &TestEnv {
+        &self.env
+    }
 }
 
 impl Env {
@@ -65,8 +67,12 @@ impl Env {
             group: t.group.clone(),
             input_topic: t.input.clone(),
             output_topic: t.output.clone(),
-            topic_partitions: 3,
-            backoff: BackoffConfig {
+            topics: TopicSettings {
+                partitions: 3,
+                replication_factor: 1,
+                ..TopicSettings::default()
+            },
+            backoff: BackoffSettings {
                 initial: HumanDuration::millis(50),
                 max: HumanDuration::secs(1),
             },
@@ -87,7 +93,8 @@ impl Env {
             ("ENRICHER_GROUP", t.group.clone()),
             ("ENRICHER_INPUT_TOPIC", t.input.clone()),
             ("ENRICHER_OUTPUT_TOPIC", t.output.clone()),
-            ("ENRICHER_TOPIC_PARTITIONS", "3".into()),
+            ("ENRICHER_TOPICS__PARTITIONS", "3".into()),
+            ("ENRICHER_TOPICS__REPLICATION_FACTOR", "1".into()),
             ("ENRICHER_CONSUMER__LAG_INTERVAL", "200ms".into()),
             ("RUST_LOG", "info,rdkafka=warn".into()),
         ]
@@ -186,159 +193,6 @@ impl Env {
         (d.partition, d.offset)
     }
 
-    fn client(&self, group: Option<&str>) -> BaseConsumer {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", self.env.broker.bootstrap_servers())
-            .set("enable.auto.commit", "false");
-        if let Some(g) = group {
-            config.set("group.id", g);
-        }
-        config.create().unwrap()
-    }
-
-    /// High watermark of every partition of `topic`. Retried: the broker may be restarting.
-    pub async fn high_watermarks(&self, topic: &str) -> HashMap<i32, i64> {
-        wait_until(&format!("the watermarks of {topic}"), DEADLINE, || async {
-            let client = self.client(None);
-            let topic = topic.to_string();
-            tokio::task::spawn_blocking(move || {
-                let md = client
-                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                    .ok()?;
-                let partitions: Vec<i32> = md
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == topic)
-                    .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-                    .unwrap_or_default();
-                partitions
-                    .into_iter()
-                    .map(|p| {
-                        Some((
-                            p,
-                            client
-                                .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                                .ok()?
-                                .1,
-                        ))
-                    })
-                    .collect::<Option<HashMap<i32, i64>>>()
-            })
-            .await
-            .ok()
-            .flatten()
-        })
-        .await
-        .unwrap()
-    }
-
-    /// The group's committed offsets for `topic` (partitions without a commit are absent).
-    pub async fn committed(&self, group: &str, topic: &str) -> HashMap<i32, i64> {
-        let partitions: Vec<i32> = self.high_watermarks(topic).await.into_keys().collect();
-        wait_until(&format!("the committed offsets of {group}"), DEADLINE, || async {
-            let client = self.client(Some(group));
-            let (topic, partitions) = (topic.to_string(), partitions.clone());
-            tokio::task::spawn_blocking(move || {
-                let mut tpl = TopicPartitionList::new();
-                for p in partitions {
-                    tpl.add_partition(&topic, p);
-                }
-                let got = client.committed_offsets(tpl, Duration::from_secs(10)).ok()?;
-                Some(
-                    got.elements()
-                        .iter()
-                        .filter_map(|e| match e.offset() {
-                            Offset::Offset(o) => Some((e.partition(), o)),
-                            _ => None,
-                        })
-                        .collect::<HashMap<i32, i64>>(),
-                )
-            })
-            .await
-            .ok()
-            .flatten()
-        })
-        .await
-        .unwrap()
-    }
-
-    /// Waits until the group has committed every record of `topic`.
-    pub async fn wait_caught_up(&self, group: &str, topic: &str) {
-        self.try_wait_caught_up(group, topic).await.unwrap();
-    }
-
-    /// As [`Env::wait_caught_up`], failing with the last committed offsets.
-    pub async fn try_wait_caught_up(&self, group: &str, topic: &str) -> anyhow::Result<()> {
-        let high = self.high_watermarks(topic).await;
-        let last = std::sync::Mutex::new(HashMap::new());
-        let outcome = wait_until(
-            &format!("group {group} to commit all of {topic}"),
-            DEADLINE,
-            || async {
-                let committed = self.committed(group, topic).await;
-                let done = high.iter().all(|(p, h)| *h == 0 || committed.get(p) == Some(h));
-                *last.lock().unwrap() = committed;
-                done.then_some(())
-            },
-        )
-        .await;
-        outcome.map_err(|e| anyhow::anyhow!("{e}: end {high:?}, committed {:?}", last.lock().unwrap()))
-    }
-
-    /// Every record of `topic` from the start to the current end, in offset order per partition.
-    pub async fn read_all(&self, topic: &str) -> Vec<Raw> {
-        let high = self.high_watermarks(topic).await;
-        let client = self.client(Some(&unique("reader")));
-        let topic = topic.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut tpl = TopicPartitionList::new();
-            for p in high.keys() {
-                tpl.add_partition_offset(&topic, *p, Offset::Beginning).unwrap();
-            }
-            client.assign(&tpl).unwrap();
-            let total: i64 = high.values().sum();
-            let mut out = Vec::new();
-            let mut next: HashMap<i32, i64> = HashMap::new();
-            let start = Instant::now();
-            while high.iter().any(|(p, h)| next.get(p).copied().unwrap_or(0) < *h) {
-                assert!(
-                    start.elapsed() < DEADLINE,
-                    "read {} of {total} records of {topic}",
-                    out.len()
-                );
-                let Some(m) = client.poll(Duration::from_millis(200)) else {
-                    continue;
-                };
-                let m = m.unwrap();
-                next.insert(m.partition(), m.offset() + 1);
-                out.push(Raw {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    headers: m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| {
-                                    (
-                                        h.key.to_string(),
-                                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                });
-            }
-            out.sort_by_key(|r| (r.partition, r.offset));
-            out
-        })
-        .await
-        .unwrap()
-    }
-
     /// Every customer change on `topic`, decoded.
     pub async fn read_customers(&self, topic: &str) -> Vec<Out> {
         let mut out = Vec::new();
@@ -371,24 +225,6 @@ pub struct Sent {
     pub event_id: String,
     pub traceparent: String,
     pub partition: i32,
-}
-
-#[derive(Debug, Clone)]
-pub struct Raw {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<String>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: Vec<(String, String)>,
-}
-
-impl Raw {
-    pub fn header(&self, key: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -553,30 +389,6 @@ impl Running {
     pub async fn wait_metric(&self, series: &str, min: f64) -> f64 {
         wait_metric(self.ops, series, min).await
     }
-}
-
-pub async fn scrape(addr: SocketAddr) -> Option<String> {
-    let res = reqwest::get(format!("http://{addr}/metrics")).await.ok()?;
-    res.status().is_success().then_some(())?;
-    res.text().await.ok()
-}
-
-/// The value of one series (`name` or `name{labels}`) in a metrics text; 0 when absent.
-pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-pub async fn wait_metric(addr: SocketAddr, series: &str, min: f64) -> f64 {
-    wait_until(&format!("{series} >= {min} at {addr}"), DEADLINE, || async {
-        let v = metric(&scrape(addr).await?, series);
-        (v >= min).then_some(v)
-    })
-    .await
-    .unwrap()
 }
 
 /// Runs the `enricher` binary to completion with `args` and `env`; returns (success, stdout,

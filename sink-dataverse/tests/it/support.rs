@@ -11,20 +11,15 @@ use std::{
 
 use common::config::{HumanDuration, Secret};
 use dataverse_emulator::Running;
+pub use harness::inspect::DEADLINE;
 use harness::{TestEnv, unique, wait_until};
-use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
-    message::Headers,
-    producer::{FutureProducer, FutureRecord},
-};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::{Codec, Customer, CustomerOp};
 use serde_json::Value;
 use sink_dataverse::{SinkConfig, config::DataverseSettings};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub const DEADLINE: Duration = Duration::from_secs(120);
 pub const TENANT: &str = "00000000-0000-0000-0000-00000000c0de";
 
 /// Broker, registry and the clients a test uses to feed and read topics.
@@ -40,6 +35,15 @@ pub struct Topics {
     pub input: String,
     pub dlq: String,
     pub group: String,
+}
+
+impl std::ops::Deref for Env {
+    type Target = TestEnv;
+
+    /// The harness's inspection helpers (watermarks, commits, read-back) on this test's broker.
+    fn deref(&self) -> &TestEnv {
+        &self.env
+    }
 }
 
 impl Env {
@@ -78,8 +82,9 @@ impl Env {
             request_timeout: HumanDuration::secs(5),
             ..SinkConfig::default()
         };
-        c.retry.initial_backoff = HumanDuration::millis(50);
-        c.retry.max_backoff = HumanDuration::secs(1);
+        c.backoff.initial = HumanDuration::millis(50);
+        c.backoff.max = HumanDuration::secs(1);
+        c.topics.replication_factor = 1;
         c.consumer.lag_interval = HumanDuration::millis(200);
         c.consumer.store_interval = HumanDuration::millis(100);
         c.consumer.shutdown_grace = HumanDuration::secs(5);
@@ -101,7 +106,8 @@ impl Env {
             ("SINK_DATAVERSE__CLIENT_ID", "sink-dataverse".into()),
             ("SINK_DATAVERSE__CLIENT_SECRET", "local-secret".into()),
             ("SINK_CONSUMER__LAG_INTERVAL", "200ms".into()),
-            ("SINK_RETRY__MAX_BACKOFF", "1s".into()),
+            ("SINK_BACKOFF__MAX", "1s".into()),
+            ("SINK_TOPICS__REPLICATION_FACTOR", "1".into()),
             ("RUST_LOG", "info,rdkafka=warn".into()),
         ]
         .into_iter()
@@ -144,148 +150,6 @@ impl Env {
         let d = d.await.unwrap().map_err(|(e, _)| e).unwrap();
         (d.partition, d.offset)
     }
-
-    fn client(&self, group: Option<&str>) -> BaseConsumer {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", self.env.broker.bootstrap_servers())
-            .set("enable.auto.commit", "false");
-        if let Some(g) = group {
-            config.set("group.id", g);
-        }
-        config.create().unwrap()
-    }
-
-    /// High watermark of every partition of `topic`.
-    pub async fn high_watermarks(&self, topic: &str) -> HashMap<i32, i64> {
-        let client = self.client(None);
-        let topic = topic.to_string();
-        tokio::task::spawn_blocking(move || {
-            let md = client
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .unwrap();
-            let partitions: Vec<i32> = md
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic)
-                .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-                .unwrap_or_default();
-            partitions
-                .into_iter()
-                .map(|p| {
-                    (
-                        p,
-                        client
-                            .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                            .unwrap()
-                            .1,
-                    )
-                })
-                .collect()
-        })
-        .await
-        .unwrap()
-    }
-
-    /// The group's committed offsets for `topic` (partitions without a commit are absent).
-    pub async fn committed(&self, group: &str, topic: &str) -> HashMap<i32, i64> {
-        let partitions: Vec<i32> = self.high_watermarks(topic).await.into_keys().collect();
-        let client = self.client(Some(group));
-        let topic = topic.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut tpl = TopicPartitionList::new();
-            for p in partitions {
-                tpl.add_partition(&topic, p);
-            }
-            let got = client.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-            got.elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(o) => Some((e.partition(), o)),
-                    _ => None,
-                })
-                .collect()
-        })
-        .await
-        .unwrap()
-    }
-
-    /// Waits until the group has committed every record of `topic`.
-    pub async fn wait_caught_up(&self, group: &str, topic: &str) {
-        self.try_wait_caught_up(group, topic).await.unwrap();
-    }
-
-    pub async fn try_wait_caught_up(&self, group: &str, topic: &str) -> anyhow::Result<()> {
-        let high = self.high_watermarks(topic).await;
-        wait_until(
-            &format!("group {group} to commit all of {topic} ({high:?})"),
-            DEADLINE,
-            || async {
-                let committed = self.committed(group, topic).await;
-                high.iter()
-                    .all(|(p, h)| *h == 0 || committed.get(p) == Some(h))
-                    .then_some(())
-            },
-        )
-        .await
-    }
-
-    /// Every record of `topic`, with its headers.
-    pub async fn read_all(&self, topic: &str) -> Vec<Raw> {
-        let high = self.high_watermarks(topic).await;
-        let client = self.client(Some(&unique("reader")));
-        let topic = topic.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut tpl = TopicPartitionList::new();
-            for p in high.keys() {
-                tpl.add_partition_offset(&topic, *p, Offset::Beginning).unwrap();
-            }
-            client.assign(&tpl).unwrap();
-            let mut out = Vec::new();
-            let mut next: HashMap<i32, i64> = HashMap::new();
-            let start = Instant::now();
-            while high.iter().any(|(p, h)| next.get(p).copied().unwrap_or(0) < *h) {
-                assert!(
-                    start.elapsed() < DEADLINE,
-                    "read {} records of {topic}",
-                    out.len()
-                );
-                let Some(m) = client.poll(Duration::from_millis(200)) else {
-                    continue;
-                };
-                let m = m.unwrap();
-                next.insert(m.partition(), m.offset() + 1);
-                out.push(Raw {
-                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    headers: m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| {
-                                    (
-                                        h.key.to_string(),
-                                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                });
-            }
-            out
-        })
-        .await
-        .unwrap()
-    }
-}
-
-/// A record read back.
-#[derive(Debug, Clone)]
-pub struct Raw {
-    pub key: Option<String>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: HashMap<String, String>,
 }
 
 /// Logs to the test output when `RUST_LOG` asks for them.
@@ -385,23 +249,11 @@ impl Sink {
 
 /// The value of one series on a `/metrics` page (0 when absent), e.g.
 /// `sink_dataverse_writes_total{outcome="created"}`.
-pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
-    let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await else {
-        return 0.0;
-    };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
+pub use harness::inspect::metric_at as metric;
 
 /// Waits until a series reaches `at_least`.
 pub async fn wait_metric(addr: SocketAddr, series: &str, at_least: f64) {
-    wait_until(&format!("{series} ≥ {at_least}"), DEADLINE, || async move {
-        (metric(addr, series).await >= at_least).then_some(())
-    })
-    .await
-    .unwrap();
+    harness::inspect::wait_metric(addr, series, at_least).await;
 }
 
 /// The emulator's admin API.

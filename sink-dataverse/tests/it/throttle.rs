@@ -35,7 +35,7 @@ async fn a_throttle_storm_ends_with_everything_written_and_no_429_storm() {
     config.max_concurrency = 8;
     // Small batches, so the records need many more requests than the window allows.
     config.batch_size = 4;
-    config.retry.ramp_up_after = 5;
+    config.throttle.ramp_up_after = 5;
     let sink = Sink::start(config).await;
     env.wait_caught_up(&t.group, &t.input).await;
 
