@@ -552,8 +552,14 @@ mod tests {
         for (name, value) in [
             ("sasl.password", "hunter2"),
             ("ssl.key.password", "pem-pass"),
-            ("sasl.jaas.config", "org.apache.kafka.common.security.plain.PlainLoginModule required username=\"u\" password=\"p4ss\";"),
-            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----"),
+            (
+                "sasl.jaas.config",
+                "org.apache.kafka.common.security.plain.PlainLoginModule required username=\"u\" password=\"p4ss\";",
+            ),
+            (
+                "ssl.key.pem",
+                "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----",
+            ),
             ("sasl.oauthbearer.client.secret", "s3cr3t"),
             ("sasl.oauthbearer.config", "principal=admin"),
             ("sasl.username", "$ConnectionString"),
@@ -564,14 +570,26 @@ mod tests {
             d.kafka.properties.insert(name.into(), value.into());
         }
         let text = render(&d);
-        for leaked in ["hunter2", "pem-pass", "p4ss", "MIIE", "s3cr3t", "AKIAIOSFODNN7EXAMPLE1234abcd"] {
+        for leaked in [
+            "hunter2",
+            "pem-pass",
+            "p4ss",
+            "MIIE",
+            "s3cr3t",
+            "AKIAIOSFODNN7EXAMPLE1234abcd",
+        ] {
             assert!(!text.contains(leaked), "{leaked} printed:\n{text}");
         }
         assert!(text.contains("\"sasl.password\" = \"********\""), "{text}");
         // Plain settings stay readable.
         assert!(text.contains("/etc/kafka/client.p12"), "{text}");
         assert!(text.contains("$ConnectionString"), "{text}");
-        for value in ["broker-1.example.com:9093,broker-2.example.com:9093", "SASL_SSL", "30000", "/etc/ssl/ca.pem"] {
+        for value in [
+            "broker-1.example.com:9093,broker-2.example.com:9093",
+            "SASL_SSL",
+            "30000",
+            "/etc/ssl/ca.pem",
+        ] {
             assert!(!looks_like_secret(value), "{value}");
         }
     }

@@ -248,9 +248,7 @@ impl Default for PartitionState {
 
 impl State {
     fn partition(&mut self, topic: &str, partition: i32) -> &mut PartitionState {
-        self.partitions
-            .entry((topic.to_string(), partition))
-            .or_default()
+        self.partitions.entry((topic.to_string(), partition)).or_default()
     }
 }
 
@@ -401,7 +399,11 @@ impl ConsumerContext for LoopContext {
 impl LoopContext {
     fn update_gauges(&self, state: &mut State) {
         let assigned = state.partitions.values().filter(|p| p.assigned).count();
-        let paused = state.partitions.values().filter(|p| p.assigned && p.paused).count();
+        let paused = state
+            .partitions
+            .values()
+            .filter(|p| p.assigned && p.paused)
+            .count();
         self.metrics.assigned_partitions.set(assigned as i64);
         self.metrics.paused_partitions.set(paused as i64);
         match (assigned, state.unassigned_since) {
@@ -681,7 +683,11 @@ fn flow_control(
     match result {
         Ok(()) => {
             p.paused = pause;
-            let paused = state.partitions.values().filter(|p| p.assigned && p.paused).count();
+            let paused = state
+                .partitions
+                .values()
+                .filter(|p| p.assigned && p.paused)
+                .count();
             settings.metrics.paused_partitions.set(paused as i64);
             tracing::debug!(topic, partition, pause, queued, "partition flow control");
         }

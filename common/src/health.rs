@@ -131,7 +131,10 @@ mod tests {
         let b = health.failing("writing", "timeout");
         a.update("connection refused");
         let verdict = health.verdict(Duration::ZERO).unwrap_err();
-        assert!(verdict.starts_with("writing: connection refused (for "), "{verdict}");
+        assert!(
+            verdict.starts_with("writing: connection refused (for "),
+            "{verdict}"
+        );
         drop(a);
         assert!(health.verdict(Duration::ZERO).is_err(), "b still fails");
         drop(b);

@@ -296,7 +296,16 @@ pub async fn ensure_topics(
                     "invalid setting `{section}.replication_factor`: the broker refuses -1 (the cluster's default replication) for topic {topic} ({code}); set {section}.replication_factor explicitly"
                 )));
             }
-            Err((topic, code @ (RDKafkaErrorCode::InvalidReplicationFactor | RDKafkaErrorCode::InvalidPartitions | RDKafkaErrorCode::InvalidConfig | RDKafkaErrorCode::PolicyViolation | RDKafkaErrorCode::InvalidTopic | RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed))) => {
+            Err((
+                topic,
+                code @ (RDKafkaErrorCode::InvalidReplicationFactor
+                | RDKafkaErrorCode::InvalidPartitions
+                | RDKafkaErrorCode::InvalidConfig
+                | RDKafkaErrorCode::PolicyViolation
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed),
+            )) => {
                 return Err(TopicError::Refused(format!(
                     "the broker refuses to create topic {topic} with {section}.partitions = {}, {section}.replication_factor = {}, config {:?}: {code}",
                     spec.partitions, spec.replication, spec.config

@@ -179,7 +179,11 @@ mod tests {
         t.finish("a", 0, 2);
         assert_eq!(t.committable("a", 0), Some(3));
         t.finish("a", 0, 3);
-        assert_eq!(t.committable("a", 0), Some(4), "not 6: 4 and 5 are not re-read yet");
+        assert_eq!(
+            t.committable("a", 0),
+            Some(4),
+            "not 6: 4 and 5 are not re-read yet"
+        );
     }
 
     proptest! {

@@ -168,7 +168,11 @@ impl Producer {
             }),
             Err((e, _)) => {
                 if let Some((code, reason)) = fatal {
-                    self.replace(generation, &format!("fatal producer error {code:?}: {reason}"), true);
+                    self.replace(
+                        generation,
+                        &format!("fatal producer error {code:?}: {reason}"),
+                        true,
+                    );
                     return Err(SendError::Transient(e));
                 }
                 Err(self.classify(generation, e))
@@ -304,7 +308,11 @@ impl Pending {
         } = self;
         match tokio::time::timeout_at(deadline, delivery).await {
             Err(_) => {
-                producer.replace(generation, "no delivery report within the delivery timeout", false);
+                producer.replace(
+                    generation,
+                    "no delivery report within the delivery timeout",
+                    false,
+                );
                 Err(SendError::Transient(KafkaError::MessageProduction(
                     Code::MessageTimedOut,
                 )))
@@ -364,7 +372,11 @@ mod tests {
 
     #[test]
     fn failures_are_sorted_by_what_helps() {
-        for code in [Code::MessageSizeTooLarge, Code::InvalidMessage, Code::InvalidRecord] {
+        for code in [
+            Code::MessageSizeTooLarge,
+            Code::InvalidMessage,
+            Code::InvalidRecord,
+        ] {
             assert!(refuses_record(code), "{code:?}");
             assert!(!refuses_producer_state(code), "{code:?}");
         }
@@ -377,7 +389,11 @@ mod tests {
             assert!(refuses_producer_state(code), "{code:?}");
             assert!(!refuses_record(code), "{code:?}");
         }
-        for code in [Code::QueueFull, Code::BrokerTransportFailure, Code::MessageTimedOut] {
+        for code in [
+            Code::QueueFull,
+            Code::BrokerTransportFailure,
+            Code::MessageTimedOut,
+        ] {
             assert!(!refuses_record(code) && !refuses_producer_state(code), "{code:?}");
         }
         let full = SendError::Transient(KafkaError::MessageProduction(Code::QueueFull));

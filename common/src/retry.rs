@@ -119,7 +119,12 @@ where
                 }
                 return Ok(value);
             }
-            Err(Verdict::GiveUp(error)) => return Err(Stopped::GaveUp { error, attempts: attempt }),
+            Err(Verdict::GiveUp(error)) => {
+                return Err(Stopped::GaveUp {
+                    error,
+                    attempts: attempt,
+                });
+            }
             Err(Verdict::Retry(error)) => {
                 let delay = backoff.next_delay();
                 (error, delay)
@@ -230,7 +235,11 @@ mod tests {
         assert_eq!(value, Ok(3));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert_eq!(seen_unhealthy.load(Ordering::SeqCst), 2, "reported while failing");
-        assert_eq!(health.verdict(Duration::ZERO), Ok(()), "cleared after the success");
+        assert_eq!(
+            health.verdict(Duration::ZERO),
+            Ok(()),
+            "cleared after the success"
+        );
     }
 
     #[tokio::test]
@@ -263,8 +272,10 @@ mod tests {
                 cancel.cancel();
             })
         };
-        let result: Result<(), Stopped<&str>> =
-            until_cancelled(quick("step", &cancel, None), |_| async { Err(Verdict::Retry("down")) }).await;
+        let result: Result<(), Stopped<&str>> = until_cancelled(quick("step", &cancel, None), |_| async {
+            Err(Verdict::Retry("down"))
+        })
+        .await;
         assert_eq!(result, Err(Stopped::Cancelled));
         canceller.await.unwrap();
 
@@ -278,10 +289,20 @@ mod tests {
         let mut s = BackoffSettings::default();
         assert!(s.validate("backoff").is_ok());
         s.initial = HumanDuration::millis(0);
-        assert!(s.validate("backoff").unwrap_err().to_string().contains("backoff.initial"));
+        assert!(
+            s.validate("backoff")
+                .unwrap_err()
+                .to_string()
+                .contains("backoff.initial")
+        );
         s.initial = HumanDuration::secs(5);
         s.max = HumanDuration::secs(1);
-        assert!(s.validate("backoff").unwrap_err().to_string().contains("backoff.max"));
+        assert!(
+            s.validate("backoff")
+                .unwrap_err()
+                .to_string()
+                .contains("backoff.max")
+        );
     }
 
     #[test]

@@ -87,7 +87,10 @@ impl std::fmt::Debug for Fatal {
 impl Fatal {
     /// Ends the stage with `reason` (the first reason wins).
     pub fn fail(&self, reason: impl Into<String>) {
-        let mut slot = self.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = self
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if slot.is_none() {
             *slot = Some(reason.into());
         }
@@ -178,9 +181,14 @@ where
 {
     let health = Health::new();
     let stall_after: Duration = settings.consumer().stall_after.into();
-    let producer = Producer::connect(settings.kafka(), S::NAME, settings.produce_timeout(), health.clone())
-        .await
-        .context("setting `kafka`: cannot create the Kafka producer")?;
+    let producer = Producer::connect(
+        settings.kafka(),
+        S::NAME,
+        settings.produce_timeout(),
+        health.clone(),
+    )
+    .await
+    .context("setting `kafka`: cannot create the Kafka producer")?;
     registry.register(
         "producer_resets",
         "Times the Kafka producer was replaced after a timeout or a refused producer state",
@@ -193,7 +201,10 @@ where
     let status: Arc<OnceLock<LoopStatus>> = Arc::new(OnceLock::new());
     let mut all_checks = vec![("kafka", broker_check(settings.kafka()))];
     all_checks.extend(checks);
-    all_checks.push(("progress", progress_check(status.clone(), health.clone(), stall_after)));
+    all_checks.push((
+        "progress",
+        progress_check(status.clone(), health.clone(), stall_after),
+    ));
     let ops_stop = CancellationToken::new();
     let ops_task = tokio::spawn(ops::serve(
         ops_listener,
@@ -203,7 +214,12 @@ where
 
     let fatal = Fatal::default();
     let startup = Startup {
-        dead_letters: DeadLetters::new(producer.clone(), S::NAME, settings.backoff().clone(), health.clone()),
+        dead_letters: DeadLetters::new(
+            producer.clone(),
+            S::NAME,
+            settings.backoff().clone(),
+            health.clone(),
+        ),
         producer: producer.clone(),
         health: health.clone(),
         shutdown: shutdown.clone(),

@@ -213,16 +213,19 @@ impl Enricher {
         payload: &[u8],
         cancel: &CancellationToken,
     ) -> Result<(Result<StripeEvent, CodecError>, u32), Abandoned> {
-        let decoded = retry::until_cancelled(self.retry("decoding with the schema registry", cancel), |attempt| async move {
-            match self.codec.decode::<StripeEvent>(payload).await {
-                Ok(event) => Ok((event, attempt)),
-                Err(e) if e.is_transient() => {
-                    self.metrics.retried("registry");
-                    Err(Verdict::Retry(e))
+        let decoded = retry::until_cancelled(
+            self.retry("decoding with the schema registry", cancel),
+            |attempt| async move {
+                match self.codec.decode::<StripeEvent>(payload).await {
+                    Ok(event) => Ok((event, attempt)),
+                    Err(e) if e.is_transient() => {
+                        self.metrics.retried("registry");
+                        Err(Verdict::Retry(e))
+                    }
+                    Err(e) => Err(Verdict::GiveUp(e)),
                 }
-                Err(e) => Err(Verdict::GiveUp(e)),
-            }
-        })
+            },
+        )
         .await;
         match decoded {
             Ok((event, attempts)) => Ok((Ok(event), attempts)),

@@ -50,38 +50,45 @@ pub async fn run(
         Codec::new(&config.registry.codec_config()).context("setting up the schema registry client")?;
     let checks = vec![("schema_registry", registry_check(&codec))];
     let config = &config;
-    stage::run_consuming(config, registry, checks, ops_listener, shutdown, move |startup| async move {
-        // Register (or look up) the output schema now, so a refused schema fails start-up rather
-        // than the first record.
-        let output = config.output_topic.as_str();
-        let id = startup
-            .retry(&format!("preparing the schema of {output}"), |_| async {
-                codec.prepare::<Customer>(output).await.map_err(|e| match e {
-                    e @ CodecError::RegistryUnavailable(_) => Verdict::Retry(e),
-                    e => Verdict::GiveUp(e),
+    stage::run_consuming(
+        config,
+        registry,
+        checks,
+        ops_listener,
+        shutdown,
+        move |startup| async move {
+            // Register (or look up) the output schema now, so a refused schema fails start-up rather
+            // than the first record.
+            let output = config.output_topic.as_str();
+            let id = startup
+                .retry(&format!("preparing the schema of {output}"), |_| async {
+                    codec.prepare::<Customer>(output).await.map_err(|e| match e {
+                        e @ CodecError::RegistryUnavailable(_) => Verdict::Retry(e),
+                        e => Verdict::GiveUp(e),
+                    })
                 })
-            })
-            .await?;
-        tracing::info!(topic = %output, schema_id = id, "output schema ready");
-        tracing::info!(
-            group = %config.group,
-            input = %config.input_topic,
-            output = %output,
-            dlq = %config.dlq_topic(),
-            "enricher started"
-        );
-        Ok::<_, StartError>(handler::Enricher::new(handler::EnricherParts {
-            codec,
-            producer: startup.producer,
-            dead_letters: startup.dead_letters,
-            health: startup.health,
-            metrics,
-            output_topic: config.output_topic.clone(),
-            dlq_topic: config.dlq_topic(),
-            event_types: config.event_types.clone(),
-            backoff: config.backoff.clone(),
-        }))
-    })
+                .await?;
+            tracing::info!(topic = %output, schema_id = id, "output schema ready");
+            tracing::info!(
+                group = %config.group,
+                input = %config.input_topic,
+                output = %output,
+                dlq = %config.dlq_topic(),
+                "enricher started"
+            );
+            Ok::<_, StartError>(handler::Enricher::new(handler::EnricherParts {
+                codec,
+                producer: startup.producer,
+                dead_letters: startup.dead_letters,
+                health: startup.health,
+                metrics,
+                output_topic: config.output_topic.clone(),
+                dlq_topic: config.dlq_topic(),
+                event_types: config.event_types.clone(),
+                backoff: config.backoff.clone(),
+            }))
+        },
+    )
     .await
 }
 

@@ -196,15 +196,9 @@ mod tests {
         ]);
         let (metrics, _) = Metrics::new();
         let cols = store.columns.clone().unwrap();
-        let done = apply(
-            &store,
-            &cols,
-            &upsert("cus_1", 10, "A"),
-            &metrics,
-            quick(&never),
-        )
-        .await
-        .unwrap();
+        let done = apply(&store, &cols, &upsert("cus_1", 10, "A"), &metrics, quick(&never))
+            .await
+            .unwrap();
         assert_eq!(done, Finished::Done(Outcome::Created));
     }
 
@@ -221,30 +215,18 @@ mod tests {
             .apply(&cols, &upsert("cus_1", 10, "A"));
         // Between our read and our write, a newer change lands: ours is then stale.
         *store.interloper.lock().unwrap() = Some(upsert("cus_1", 30, "C"));
-        let done = apply(
-            &store,
-            &cols,
-            &upsert("cus_1", 20, "B"),
-            &metrics,
-            quick(&never),
-        )
-        .await
-        .unwrap();
+        let done = apply(&store, &cols, &upsert("cus_1", 20, "B"), &metrics, quick(&never))
+            .await
+            .unwrap();
         assert_eq!(done, Finished::Done(Outcome::Stale));
         let row = store.model.lock().unwrap().read(&cols, "cus_1").unwrap();
         assert_eq!(row.created, Some(30));
 
         // An older change slips in instead: ours still applies on the second try.
         *store.interloper.lock().unwrap() = Some(upsert("cus_1", 35, "D"));
-        let done = apply(
-            &store,
-            &cols,
-            &delete("cus_1", 40),
-            &metrics,
-            quick(&never),
-        )
-        .await
-        .unwrap();
+        let done = apply(&store, &cols, &delete("cus_1", 40), &metrics, quick(&never))
+            .await
+            .unwrap();
         assert_eq!(done, Finished::Done(Outcome::Deactivated));
     }
 
@@ -257,15 +239,9 @@ mod tests {
         };
         let (metrics, _) = Metrics::new();
         let cols = store.columns.clone().unwrap();
-        let done = apply(
-            &store,
-            &cols,
-            &upsert("cus_1", 10, "A"),
-            &metrics,
-            quick(&never),
-        )
-        .await
-        .unwrap();
+        let done = apply(&store, &cols, &upsert("cus_1", 10, "A"), &metrics, quick(&never))
+            .await
+            .unwrap();
         let Finished::Refused { error, attempts } = done else {
             panic!("refused")
         };
@@ -289,15 +265,9 @@ mod tests {
         });
         let (metrics, _) = Metrics::new();
         let cols = store.columns.clone().unwrap();
-        let done = apply(
-            &store,
-            &cols,
-            &upsert("cus_1", 1, "A"),
-            &metrics,
-            quick(&never),
-        )
-        .await
-        .unwrap();
+        let done = apply(&store, &cols, &upsert("cus_1", 1, "A"), &metrics, quick(&never))
+            .await
+            .unwrap();
         assert!(matches!(done, Finished::Refused { .. }), "{done:?}");
 
         // An outage that never ends: retried until cancelled, never skipped.
@@ -313,14 +283,7 @@ mod tests {
                 cancel.cancel();
             })
         };
-        let result = apply(
-            &store,
-            &cols,
-            &upsert("cus_1", 2, "B"),
-            &metrics,
-            quick(&cancel),
-        )
-        .await;
+        let result = apply(&store, &cols, &upsert("cus_1", 2, "B"), &metrics, quick(&cancel)).await;
         assert_eq!(result, Err(Abandoned));
         canceller.await.unwrap();
     }

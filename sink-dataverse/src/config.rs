@@ -325,7 +325,10 @@ impl Settings for SinkConfig {
         self.backoff.validate("backoff")?;
         let r = &self.throttle;
         if r.ramp_up_after == 0 {
-            return Err(ConfigError::invalid("throttle.ramp_up_after", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "throttle.ramp_up_after",
+                "must be at least 1",
+            ));
         }
         if r.default_retry_after.0.is_zero() {
             return Err(ConfigError::invalid(
@@ -677,7 +680,10 @@ mod tests {
             (vec![("SINK_MAPPING__PHONE", "firstname")], "mapping.phone"),
             (vec![("SINK_MAPPING__PHONE", "statecode")], "mapping.phone"),
             (vec![("SINK_BACKOFF__MAX", "1ms")], "backoff.max"),
-            (vec![("SINK_THROTTLE__RAMP_UP_AFTER", "0")], "throttle.ramp_up_after"),
+            (
+                vec![("SINK_THROTTLE__RAMP_UP_AFTER", "0")],
+                "throttle.ramp_up_after",
+            ),
             (vec![("SINK_TOPICS__PARTITIONS", "0")], "topics.partitions"),
             (vec![("SINK_DLQ_TOPIC", "customers.normalized")], "dlq_topic"),
             (

@@ -56,7 +56,9 @@ impl TestEnv {
             let client = self.client(None);
             let topic = topic.to_string();
             tokio::task::spawn_blocking(move || {
-                let md = client.fetch_metadata(Some(&topic), Duration::from_secs(10)).ok()?;
+                let md = client
+                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                    .ok()?;
                 let partitions: Vec<i32> = md
                     .topics()
                     .iter()
@@ -69,9 +71,7 @@ impl TestEnv {
                 partitions
                     .into_iter()
                     .map(|p| {
-                        let (_, high) = client
-                            .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                            .ok()?;
+                        let (_, high) = client.fetch_watermarks(&topic, p, Duration::from_secs(10)).ok()?;
                         Some((p, high))
                     })
                     .collect::<Option<HashMap<i32, i64>>>()
@@ -167,7 +167,9 @@ impl TestEnv {
                 tpl.add_partition_offset(&topic, *p, Offset::Beginning)
                     .expect("a new partition list takes any offset");
             }
-            client.assign(&tpl).expect("assigning partitions to a fresh reader");
+            client
+                .assign(&tpl)
+                .expect("assigning partitions to a fresh reader");
             let total: i64 = high.values().sum();
             let mut out = Vec::new();
             let mut next: HashMap<i32, i64> = HashMap::new();

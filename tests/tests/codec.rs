@@ -49,13 +49,8 @@ async fn produce(env: &TestEnv, codec: &Codec, topic: &str, record: &StripeEvent
 }
 
 fn consumer(env: &TestEnv, group: &str, topic: &str) -> StreamConsumer {
-    let consumer: StreamConsumer = common::kafka::consumer(
-        &env.kafka_settings(),
-        "codec-test",
-        group,
-        DefaultConsumerContext,
-    )
-    .unwrap();
+    let consumer: StreamConsumer =
+        common::kafka::consumer(&env.kafka_settings(), "codec-test", group, DefaultConsumerContext).unwrap();
     consumer.subscribe(&[topic]).unwrap();
     consumer
 }

@@ -100,7 +100,10 @@ async fn records_are_handled_in_partition_order_and_committed_after_success() {
             assert!(*o > prev, "partition {p}: offset {o} handled after {prev}");
         }
     }
-    assert_eq!(env.committed(&group, &topic).await, env.high_watermarks(&topic).await);
+    assert_eq!(
+        env.committed(&group, &topic).await,
+        env.high_watermarks(&topic).await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -27,4 +27,3 @@ pub(crate) fn raw_json(status: StatusCode, body: Vec<u8>) -> Response {
     )
         .into_response()
 }
-

@@ -30,9 +30,9 @@ mod error;
 mod json;
 mod store;
 
-pub use json::CONTENT_TYPE;
 pub use compat::Compatibility;
 pub use error::RegistryError;
+pub use json::CONTENT_TYPE;
 pub use store::STATE_FILE;
 
 use store::Registry;
