@@ -107,6 +107,7 @@ impl Fatal {
 }
 
 /// What a stage's start-up receives from the runner to build its handler.
+#[derive(Clone)]
 pub struct Startup {
     /// The stage's producer (output records and dead letters), self-replacing when it breaks.
     pub producer: Producer,
@@ -159,8 +160,9 @@ impl Startup {
 /// error):
 /// 1. serves `/healthz`, `/readyz` (the stage's `checks`, the broker, and the loop's progress)
 ///    and `/metrics` (`registry`, plus the loop's and the producer's metrics) on `ops_listener`;
-/// 2. creates the stage's producer, and its topics when `topics.create` is on;
-/// 3. calls `start`, the stage's own start-up, which builds the handler;
+/// 2. creates the stage's producer and calls `start`, the stage's own start-up, which checks
+///    the stage's services and builds the handler (a refusal there fails start-up at once);
+/// 3. creates the stage's topics when `topics.create` is on, retrying an unreachable broker;
 /// 4. joins the consumer group (static membership when `instance_id` is set) and runs the loop,
 ///    with consumer lag measured every `consumer.lag_interval`;
 /// 5. on shutdown, finishes or abandons in-flight work within `consumer.shutdown_grace`, commits
@@ -227,14 +229,20 @@ where
         backoff: settings.backoff().clone(),
     };
     let result = async {
-        if settings.topics().create {
-            create_topics(settings, &startup).await?;
-        }
-        // The stage's own start-up can wait on unreachable services; shutdown ends it.
+        // The stage's own checks come first: a configuration its services refuse fails start-up
+        // even while the broker is still unreachable. Either wait ends on shutdown.
+        let create = settings.topics().create;
+        let topics_startup = startup.clone();
         let handler = tokio::select! {
             handler = start(startup) => handler?,
             () = shutdown.cancelled() => return Err(StartError::Stopped),
         };
+        if create {
+            tokio::select! {
+                created = create_topics(settings, &topics_startup) => created?,
+                () = shutdown.cancelled() => return Err(StartError::Stopped),
+            }
+        }
         run_loop(settings, handler, &status, &loop_metrics, &shutdown, &fatal)
             .await
             .map_err(StartError::Failed)
