@@ -63,7 +63,18 @@ pub async fn apply_once<C: Contacts>(
             });
         }
         match contacts.write(&change.customer_id, &write).await {
-            Ok(()) => return Ok(write.outcome),
+            Ok(()) => {
+                if write.tie {
+                    metrics.same_second_tie();
+                    tracing::warn!(
+                        customer_id = %change.customer_id,
+                        event_id = %change.source_event_id,
+                        created = change.source_event_created,
+                        "two customer.updated events of the same second: applied in partition order; check this contact against Stripe if they disagree"
+                    );
+                }
+                return Ok(write.outcome);
+            }
             Err(conflict @ WriteError::Conflict { .. }) => {
                 metrics.conflict();
                 tracing::debug!(error = %conflict, "lost a race for the contact; reading it again");

@@ -136,6 +136,13 @@ pub struct DataverseSettings {
     pub created_column: String,
     /// Yes/No column set on deletion (the tombstone). Default `new_stripedeleted`.
     pub deleted_column: String,
+    /// Whole-number column holding the applied event's place in a customer's life (0
+    /// `customer.created`, 1 `customer.updated`, 2 `customer.deleted`): orders events of the same
+    /// second. Default `new_stripeeventrank`.
+    pub rank_column: String,
+    /// Text column (at least 1,000 characters) holding the ids of the events applied at the stored
+    /// second, so a redelivered one is recognised. Default `new_stripeeventids`.
+    pub event_ids_column: String,
     /// `deactivate` (default) or `delete`.
     pub delete_mode: DeleteMode,
 }
@@ -154,6 +161,8 @@ impl Default for DataverseSettings {
             alternate_key: "new_stripecustomerid".into(),
             created_column: "new_stripeeventcreated".into(),
             deleted_column: "new_stripedeleted".into(),
+            rank_column: "new_stripeeventrank".into(),
+            event_ids_column: "new_stripeeventids".into(),
             delete_mode: DeleteMode::Deactivate,
         }
     }
@@ -431,6 +440,8 @@ impl SinkConfig {
             ("dataverse.alternate_key", d.alternate_key.as_str()),
             ("dataverse.created_column", d.created_column.as_str()),
             ("dataverse.deleted_column", d.deleted_column.as_str()),
+            ("dataverse.rank_column", d.rank_column.as_str()),
+            ("dataverse.event_ids_column", d.event_ids_column.as_str()),
         ] {
             if !is_identifier(name) {
                 return Err(ConfigError::invalid(

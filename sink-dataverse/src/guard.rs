@@ -3,20 +3,29 @@
 //! in [`crate::apply`] reads, decides, writes with the precondition, and on a lost race (412)
 //! reads and decides again.
 //!
-//! Rules (`t` = the change's event time, `s` = the time stored on the contact):
+//! Changes are ordered by `(t, r)`: the event time `t` (whole seconds) and then the event type's
+//! place in a customer's life `r` (`created` < `updated` < `deleted`). The contact stores the
+//! `(s, q)` of the change last applied and the ids of the changes applied at `s`. Rules:
 //! * no contact: an upsert creates it (`If-None-Match: *`); a delete leaves a tombstone
 //!   (deactivate mode) or is already done (delete mode);
-//! * `s > t`: the change is older than what Dataverse holds: skip (stale);
-//! * `s = t`: same second: apply in partition order, unless the contact already holds exactly
-//!   this change (a redelivery): skip (unchanged), so replays write nothing;
-//! * `s < t` or no `s`: apply, conditional on the etag read (`If-Match`).
+//! * a tombstone the sink wrote is final (Stripe never reuses a deleted customer's id): every
+//!   upsert is stale, every delete unchanged; and a delete always applies to a live contact;
+//! * the change's id is among those applied at `s = t`: a redelivery, skipped (unchanged);
+//! * `(s, q) > (t, r)`: the change is older than what Dataverse holds: skipped (stale);
+//! * `(s, q) = (t, r)` (two updates of one second, which the events cannot order): applied in
+//!   partition order, recording the id, and counted as a tie (on a contact stored before ids
+//!   were recorded, skipped when it already holds these values);
+//! * `(s, q) < (t, r)`, or no `s` (a contact the sink never wrote): applied, conditional on the
+//!   etag read (`If-Match`).
+
+use std::cmp::Ordering;
 
 use schemas::{Customer, CustomerOp};
 use serde_json::{Map, Value};
 
 use crate::{
     config::DeleteMode,
-    mapping::{ACTIVE, Columns},
+    mapping::{self, Columns, Stamp},
 };
 
 /// The guard's view of a contact, read by alternate key.
@@ -27,6 +36,11 @@ pub struct StoredRow {
     /// The event time stored by the last change applied; `None` for a contact the sink never
     /// wrote (it loses against any change).
     pub created: Option<i64>,
+    /// The rank stored by the last change applied; `None` on contacts written before ranks were
+    /// stored (read as `updated`).
+    pub rank: Option<i64>,
+    /// The ids of the changes applied at `created`.
+    pub event_ids: Vec<String>,
     /// The tombstone flag.
     pub deleted: bool,
     /// The selected columns as Dataverse returned them.
@@ -39,10 +53,14 @@ impl StoredRow {
     pub fn from_json(columns: &Columns, body: &Value) -> Option<Self> {
         let object = body.as_object()?;
         let etag = object.get("@odata.etag")?.as_str()?.to_string();
-        let created = match object.get(&columns.created) {
+        let integer = |column: &str| match object.get(column) {
             Some(Value::Number(n)) => n.as_i64(),
             Some(Value::String(s)) => s.trim().parse().ok(),
             _ => None,
+        };
+        let event_ids = match object.get(&columns.event_ids) {
+            Some(Value::String(s)) => Stamp::parse_event_ids(s),
+            _ => Vec::new(),
         };
         let deleted = matches!(object.get(&columns.deleted), Some(Value::Bool(true)));
         let values = columns
@@ -51,7 +69,9 @@ impl StoredRow {
             .collect();
         Some(StoredRow {
             etag,
-            created,
+            created: integer(&columns.created),
+            rank: integer(&columns.rank),
+            event_ids,
             deleted,
             values,
         })
@@ -133,6 +153,9 @@ pub struct Write {
     pub precondition: Precondition,
     pub request: Request,
     pub outcome: Outcome,
+    /// Another `customer.updated` of the same second was applied before: the events cannot say
+    /// which is newer, so partition order decides (counted, logged).
+    pub tie: bool,
 }
 
 /// Skip the change, or apply it with this write.
@@ -145,71 +168,107 @@ pub enum Decision {
 /// The guard. `stored` is the contact as read by alternate key (`None`: no such contact).
 pub fn decide(columns: &Columns, change: &Customer, stored: Option<&StoredRow>) -> Decision {
     let t = change.source_event_created;
+    let rank = mapping::rank(change);
+    let id = &change.source_event_id;
     let Some(row) = stored else {
+        let stamp = Stamp {
+            created: t,
+            rank,
+            event_ids: vec![id.clone()],
+        };
         return match (change.op, columns.delete_mode) {
-            (CustomerOp::Upsert, _) => Decision::Write(Write {
-                precondition: Precondition::Absent,
-                request: Request::Patch(columns.upsert_body(change)),
-                outcome: Outcome::Created,
-            }),
-            (CustomerOp::Delete, DeleteMode::Deactivate) => Decision::Write(Write {
-                precondition: Precondition::Absent,
-                request: Request::Patch(columns.tombstone_body(t)),
-                outcome: Outcome::Tombstoned,
-            }),
+            (CustomerOp::Upsert, _) => write(
+                Precondition::Absent,
+                Request::Patch(columns.upsert_body(change, &stamp)),
+                Outcome::Created,
+            ),
+            (CustomerOp::Delete, DeleteMode::Deactivate) => write(
+                Precondition::Absent,
+                Request::Patch(columns.tombstone_body(&stamp)),
+                Outcome::Tombstoned,
+            ),
             (CustomerOp::Delete, DeleteMode::Delete) => Decision::Skip(Outcome::AlreadyAbsent),
         };
     };
-    if let Some(s) = row.created {
-        if s > t {
-            return Decision::Skip(Outcome::Stale);
-        }
-        if s == t && already_applied(columns, change, row) {
-            return Decision::Skip(Outcome::Unchanged);
-        }
+    let redelivered = row.created == Some(t) && row.event_ids.contains(id);
+    if row.deleted {
+        // Final: a deleted Stripe customer never changes again.
+        return Decision::Skip(match change.op {
+            CustomerOp::Upsert if !redelivered => Outcome::Stale,
+            _ => Outcome::Unchanged,
+        });
+    }
+    if redelivered {
+        return Decision::Skip(Outcome::Unchanged);
     }
     let precondition = Precondition::Matches(row.etag.clone());
-    let write = match (change.op, columns.delete_mode) {
-        (CustomerOp::Upsert, _) => {
-            let mut body = columns.upsert_body(change);
-            if row.deleted {
-                // A newer change after a tombstone wins (the ordering rule), so the contact comes
-                // back to life. Contacts deactivated by people, not by the sink, stay inactive.
-                body.insert("statecode".into(), Value::from(ACTIVE.0));
-                body.insert("statuscode".into(), Value::from(ACTIVE.1));
-            }
-            Write {
-                precondition,
-                request: Request::Patch(body),
-                outcome: Outcome::Updated,
-            }
-        }
-        (CustomerOp::Delete, DeleteMode::Deactivate) => Write {
-            precondition,
-            request: Request::Patch(columns.tombstone_body(t)),
-            outcome: Outcome::Deactivated,
-        },
-        (CustomerOp::Delete, DeleteMode::Delete) => Write {
-            precondition,
-            request: Request::Delete,
-            outcome: Outcome::Deleted,
-        },
+    // The ids recorded for the second the contact will hold after this write.
+    let event_ids_at = |second: i64| {
+        let mut ids = if row.created == Some(second) {
+            row.event_ids.clone()
+        } else {
+            Vec::new()
+        };
+        ids.push(id.clone());
+        ids
     };
-    Decision::Write(write)
-}
-
-/// Whether the contact already holds exactly this change (same event time, same values).
-fn already_applied(columns: &Columns, change: &Customer, row: &StoredRow) -> bool {
-    match change.op {
-        CustomerOp::Delete => row.deleted,
-        CustomerOp::Upsert => {
-            !row.deleted
-                && columns
-                    .values(change)
-                    .iter()
-                    .all(|(column, want)| row.values.get(column).unwrap_or(&Value::Null) == want)
+    if change.op == CustomerOp::Delete {
+        // Deletion is final whatever the times say; the stored time never moves back.
+        let created = row.created.map_or(t, |s| s.max(t));
+        let stamp = Stamp {
+            created,
+            rank,
+            event_ids: event_ids_at(created),
+        };
+        return match columns.delete_mode {
+            DeleteMode::Deactivate => write(
+                precondition,
+                Request::Patch(columns.tombstone_body(&stamp)),
+                Outcome::Deactivated,
+            ),
+            DeleteMode::Delete => write(precondition, Request::Delete, Outcome::Deleted),
+        };
+    }
+    let mut tie = false;
+    if let Some(s) = row.created {
+        match (s, row.rank.unwrap_or(mapping::UPDATED)).cmp(&(t, rank)) {
+            Ordering::Greater => return Decision::Skip(Outcome::Stale),
+            // A contact stored before event ids were recorded: its values tell a redelivery.
+            Ordering::Equal if row.event_ids.is_empty() && holds_values(columns, change, row) => {
+                return Decision::Skip(Outcome::Unchanged);
+            }
+            Ordering::Equal => tie = true,
+            Ordering::Less => {}
         }
     }
+    let stamp = Stamp {
+        created: t,
+        rank,
+        event_ids: event_ids_at(t),
+    };
+    Decision::Write(Write {
+        precondition,
+        request: Request::Patch(columns.upsert_body(change, &stamp)),
+        outcome: Outcome::Updated,
+        tie,
+    })
+}
+
+fn write(precondition: Precondition, request: Request, outcome: Outcome) -> Decision {
+    Decision::Write(Write {
+        precondition,
+        request,
+        outcome,
+        tie: false,
+    })
+}
+
+/// Whether the contact already holds exactly the values of this upsert.
+fn holds_values(columns: &Columns, change: &Customer, row: &StoredRow) -> bool {
+    columns
+        .values(change)
+        .iter()
+        .all(|(column, want)| row.values.get(column).unwrap_or(&Value::Null) == want)
 }
 
 #[cfg(test)]
@@ -226,17 +285,16 @@ pub(crate) mod tests {
         Columns::from_config(&config)
     }
 
-    pub fn upsert(id: &str, created: i64, name: &str) -> Customer {
-        let mut c = Customer::deletion(
-            id,
-            format!("evt_{created}_{name}"),
-            "customer.updated",
-            created,
-            false,
-        );
+    /// A change of `kind` (`created`, `updated`) with its own event id.
+    pub fn change(id: &str, event: &str, kind: &str, created: i64, name: &str) -> Customer {
+        let mut c = Customer::deletion(id, event, format!("customer.{kind}"), created, false);
         c.op = CustomerOp::Upsert;
         c.last_name = Some(name.to_string());
         c
+    }
+
+    pub fn upsert(id: &str, created: i64, name: &str) -> Customer {
+        change(id, &format!("evt_{created}_{name}"), "updated", created, name)
     }
 
     pub fn delete(id: &str, created: i64) -> Customer {
@@ -255,6 +313,22 @@ pub(crate) mod tests {
         StoredRow {
             etag: etag.into(),
             created,
+            rank: created.map(|_| {
+                if deleted {
+                    mapping::DELETED
+                } else {
+                    mapping::UPDATED
+                }
+            }),
+            event_ids: created
+                .map(|t| {
+                    vec![if deleted {
+                        format!("evt_{t}_del")
+                    } else {
+                        format!("evt_{t}_{name}")
+                    }]
+                })
+                .unwrap_or_default(),
             deleted,
             values,
         }
@@ -267,13 +341,18 @@ pub(crate) mod tests {
         let live = row(&cols, "W/\"7\"", Some(100), false, "Old");
         let tomb = row(&cols, "W/\"8\"", Some(100), true, "Old");
         let foreign = row(&cols, "W/\"9\"", None, false, "Manual");
+        let mut created = row(&cols, "W/\"6\"", Some(100), false, "Old");
+        created.rank = Some(mapping::CREATED);
+        let mut legacy = row(&cols, "W/\"5\"", Some(100), false, "Old");
+        (legacy.rank, legacy.event_ids) = (None, Vec::new());
         let m = |e: &str| Precondition::Matches(e.into());
+        // (name, columns, change, stored row, the write it gets or why it is skipped)
         type Case<'a> = (
             &'a str,
             &'a Columns,
             Customer,
             Option<&'a StoredRow>,
-            Option<(Precondition, Outcome)>,
+            Result<(Precondition, Outcome), Outcome>,
         );
         let cases: Vec<Case<'_>> = vec![
             (
@@ -281,140 +360,242 @@ pub(crate) mod tests {
                 &cols,
                 upsert("cus_1", 100, "New"),
                 None,
-                Some((Precondition::Absent, Outcome::Created)),
+                Ok((Precondition::Absent, Outcome::Created)),
             ),
             (
                 "delete of unknown leaves a tombstone",
                 &cols,
                 delete("cus_1", 100),
                 None,
-                Some((Precondition::Absent, Outcome::Tombstoned)),
+                Ok((Precondition::Absent, Outcome::Tombstoned)),
             ),
             (
                 "hard delete of unknown is done",
                 &hard,
                 delete("cus_1", 100),
                 None,
-                None,
+                Err(Outcome::AlreadyAbsent),
             ),
             (
                 "newer update",
                 &cols,
                 upsert("cus_1", 101, "New"),
                 Some(&live),
-                Some((m("W/\"7\""), Outcome::Updated)),
+                Ok((m("W/\"7\""), Outcome::Updated)),
             ),
             (
                 "older update is stale",
                 &cols,
                 upsert("cus_1", 99, "New"),
                 Some(&live),
-                None,
+                Err(Outcome::Stale),
             ),
             (
-                "same second, other values: partition order",
+                "same second, other update, other values: partition order",
                 &cols,
                 upsert("cus_1", 100, "New"),
                 Some(&live),
-                Some((m("W/\"7\""), Outcome::Updated)),
+                Ok((m("W/\"7\""), Outcome::Updated)),
             ),
             (
-                "same second, same values: redelivery",
+                "same second, same event: redelivery",
                 &cols,
                 upsert("cus_1", 100, "Old"),
                 Some(&live),
-                None,
+                Err(Outcome::Unchanged),
+            ),
+            (
+                "same second, redelivered event with other values",
+                &cols,
+                change("cus_1", "evt_100_Old", "updated", 100, "Changed"),
+                Some(&live),
+                Err(Outcome::Unchanged),
+            ),
+            (
+                "same second, other update with the same values: its id is recorded",
+                &cols,
+                change("cus_1", "evt_other", "updated", 100, "Old"),
+                Some(&live),
+                Ok((m("W/\"7\""), Outcome::Updated)),
+            ),
+            (
+                "same second, created after updated is stale",
+                &cols,
+                change("cus_1", "evt_c", "created", 100, "New"),
+                Some(&live),
+                Err(Outcome::Stale),
+            ),
+            (
+                "same second, updated after created applies",
+                &cols,
+                upsert("cus_1", 100, "New"),
+                Some(&created),
+                Ok((m("W/\"6\""), Outcome::Updated)),
+            ),
+            (
+                "older created is stale",
+                &cols,
+                change("cus_1", "evt_c", "created", 99, "New"),
+                Some(&created),
+                Err(Outcome::Stale),
+            ),
+            (
+                "contact stored before ranks: same-values redelivery",
+                &cols,
+                upsert("cus_1", 100, "Old"),
+                Some(&legacy),
+                Err(Outcome::Unchanged),
+            ),
+            (
+                "contact stored before ranks: same-second update",
+                &cols,
+                upsert("cus_1", 100, "New"),
+                Some(&legacy),
+                Ok((m("W/\"5\""), Outcome::Updated)),
             ),
             (
                 "older update after delete is stale",
                 &cols,
                 upsert("cus_1", 99, "Old"),
                 Some(&tomb),
-                None,
+                Err(Outcome::Stale),
             ),
             (
-                "same-second update after delete: partition order",
+                "same-second update after delete is stale: deletion is final",
                 &cols,
-                upsert("cus_1", 100, "Old"),
+                upsert("cus_1", 100, "New"),
                 Some(&tomb),
-                Some((m("W/\"8\""), Outcome::Updated)),
+                Err(Outcome::Stale),
+            ),
+            (
+                "newer update after delete is stale: deletion is final",
+                &cols,
+                upsert("cus_1", 500, "New"),
+                Some(&tomb),
+                Err(Outcome::Stale),
+            ),
+            (
+                "newer created after delete is stale",
+                &cols,
+                change("cus_1", "evt_c2", "created", 500, "New"),
+                Some(&tomb),
+                Err(Outcome::Stale),
             ),
             (
                 "newer delete deactivates",
                 &cols,
                 delete("cus_1", 101),
                 Some(&live),
-                Some((m("W/\"7\""), Outcome::Deactivated)),
+                Ok((m("W/\"7\""), Outcome::Deactivated)),
+            ),
+            (
+                "same-second delete deactivates",
+                &cols,
+                delete("cus_1", 100),
+                Some(&live),
+                Ok((m("W/\"7\""), Outcome::Deactivated)),
+            ),
+            (
+                "an older delete still deletes: deletion is final",
+                &cols,
+                delete("cus_1", 50),
+                Some(&live),
+                Ok((m("W/\"7\""), Outcome::Deactivated)),
             ),
             (
                 "redelivered delete",
                 &cols,
                 delete("cus_1", 100),
                 Some(&tomb),
-                None,
+                Err(Outcome::Unchanged),
             ),
             (
-                "older delete is stale",
+                "another delete of a tombstone",
                 &cols,
-                delete("cus_1", 50),
-                Some(&live),
-                None,
+                delete("cus_1", 300),
+                Some(&tomb),
+                Err(Outcome::Unchanged),
             ),
             (
                 "hard delete",
                 &hard,
                 delete("cus_1", 101),
                 Some(&live),
-                Some((m("W/\"7\""), Outcome::Deleted)),
+                Ok((m("W/\"7\""), Outcome::Deleted)),
             ),
             (
                 "contact the sink never wrote",
                 &cols,
                 upsert("cus_1", 1, "New"),
                 Some(&foreign),
-                Some((m("W/\"9\""), Outcome::Updated)),
+                Ok((m("W/\"9\""), Outcome::Updated)),
             ),
         ];
         for (name, columns, change, stored, want) in cases {
             let got = decide(columns, &change, stored);
             match (got, want) {
-                (Decision::Write(w), Some((pre, outcome))) => {
+                (Decision::Write(w), Ok((pre, outcome))) => {
                     assert_eq!((w.precondition, w.outcome), (pre, outcome), "{name}");
                 }
-                (Decision::Skip(_), None) => {}
+                (Decision::Skip(got), Err(want)) => assert_eq!(got, want, "{name}"),
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
             }
         }
-        // Skips say why.
-        assert_eq!(
-            decide(&cols, &upsert("cus_1", 99, "x"), Some(&live)),
-            Decision::Skip(Outcome::Stale)
-        );
-        assert_eq!(
-            decide(&cols, &upsert("cus_1", 100, "Old"), Some(&live)),
-            Decision::Skip(Outcome::Unchanged)
-        );
-        assert_eq!(
-            decide(&hard, &delete("cus_1", 1), None),
-            Decision::Skip(Outcome::AlreadyAbsent)
-        );
     }
 
     #[test]
-    fn an_update_after_a_tombstone_reactivates_and_a_delete_keeps_the_data() {
+    fn only_two_updates_of_one_second_are_a_tie() {
+        let cols = columns(DeleteMode::Deactivate);
+        let live = row(&cols, "W/\"7\"", Some(100), false, "Old");
+        let mut created = live.clone();
+        created.rank = Some(mapping::CREATED);
+        let tie = |stored: &StoredRow, c: &Customer| match decide(&cols, c, Some(stored)) {
+            Decision::Write(w) => Some(w.tie),
+            Decision::Skip(_) => None,
+        };
+        assert_eq!(tie(&live, &upsert("cus_1", 100, "New")), Some(true));
+        assert_eq!(tie(&live, &upsert("cus_1", 101, "New")), Some(false));
+        assert_eq!(tie(&created, &upsert("cus_1", 100, "New")), Some(false));
+        assert_eq!(tie(&live, &delete("cus_1", 100)), Some(false));
+    }
+
+    #[test]
+    fn writes_record_the_ids_of_their_second() {
+        let cols = columns(DeleteMode::Deactivate);
+        let live = row(&cols, "W/\"7\"", Some(100), false, "Old");
+        let body = |c: &Customer| match decide(&cols, c, Some(&live)) {
+            Decision::Write(Write {
+                request: Request::Patch(body),
+                ..
+            }) => body,
+            other => panic!("{other:?}"),
+        };
+        let same = body(&upsert("cus_1", 100, "New"));
+        assert_eq!(same["new_stripeeventids"], json!("evt_100_Old,evt_100_New"));
+        assert_eq!(same["new_stripeeventrank"], json!(1));
+        let newer = body(&upsert("cus_1", 101, "New"));
+        assert_eq!(
+            newer["new_stripeeventids"],
+            json!("evt_101_New"),
+            "a new second starts afresh"
+        );
+        let older_delete = body(&delete("cus_1", 90));
+        assert_eq!(
+            older_delete["new_stripeeventcreated"],
+            json!(100),
+            "the stored time never moves back"
+        );
+        assert_eq!(older_delete["new_stripeeventrank"], json!(2));
+    }
+
+    #[test]
+    fn a_tombstone_is_final_and_keeps_the_data() {
         let cols = columns(DeleteMode::Deactivate);
         let tomb = row(&cols, "W/\"8\"", Some(100), true, "Old");
-        let Decision::Write(w) = decide(&cols, &upsert("cus_1", 101, "New"), Some(&tomb)) else {
-            panic!("newer update applies")
-        };
-        let Request::Patch(body) = w.request else {
-            panic!("patch")
-        };
         assert_eq!(
-            (body["statecode"].clone(), body["statuscode"].clone()),
-            (json!(0), json!(1))
+            decide(&cols, &upsert("cus_1", 101, "New"), Some(&tomb)),
+            Decision::Skip(Outcome::Stale)
         );
-        assert_eq!(body["new_stripedeleted"], json!(false));
 
         let live = row(&cols, "W/\"7\"", Some(100), false, "Old");
         let Decision::Write(w) = decide(&cols, &upsert("cus_1", 101, "New"), Some(&live)) else {
@@ -423,7 +604,10 @@ pub(crate) mod tests {
         let Request::Patch(body) = w.request else {
             panic!("patch")
         };
-        assert!(!body.contains_key("statecode"), "live contacts keep their state");
+        assert!(
+            !body.contains_key("statecode"),
+            "contacts keep the state people gave them"
+        );
 
         let Decision::Write(w) = decide(&cols, &delete("cus_1", 101), Some(&live)) else {
             panic!("delete applies")
@@ -435,6 +619,10 @@ pub(crate) mod tests {
             !body.contains_key("lastname"),
             "a tombstone keeps the contact's data"
         );
+        assert_eq!(
+            (body["statecode"].clone(), body["statuscode"].clone()),
+            (json!(1), json!(2))
+        );
     }
 
     #[test]
@@ -443,6 +631,8 @@ pub(crate) mod tests {
         let body = json!({
             "@odata.etag": "W/\"123\"",
             "new_stripeeventcreated": 1_700_000_000,
+            "new_stripeeventrank": 0,
+            "new_stripeeventids": "evt_a,evt_b",
             "new_stripedeleted": null,
             "lastname": "Lovelace",
             "contactid": "00000000-0000-0000-0000-000000000001",
@@ -450,9 +640,17 @@ pub(crate) mod tests {
         let row = StoredRow::from_json(&cols, &body).unwrap();
         assert_eq!(row.etag, "W/\"123\"");
         assert_eq!(row.created, Some(1_700_000_000));
+        assert_eq!(row.rank, Some(0));
+        assert_eq!(row.event_ids, ["evt_a", "evt_b"]);
         assert!(!row.deleted);
         assert_eq!(row.values["lastname"], json!("Lovelace"));
         assert!(!row.values.contains_key("contactid"));
+        let bare = StoredRow::from_json(
+            &cols,
+            &json!({"@odata.etag": "W/\"1\"", "new_stripeeventids": null}),
+        )
+        .unwrap();
+        assert_eq!((bare.created, bare.rank, bare.event_ids.len()), (None, None, 0));
         assert!(StoredRow::from_json(&cols, &json!({"lastname": "x"})).is_none());
     }
 
@@ -513,51 +711,102 @@ pub(crate) mod tests {
         }
     }
 
-    fn change_strategy() -> impl Strategy<Value = Vec<(i64, bool, u8)>> {
-        // (created, is_delete, value): distinct times so "the newest" is well defined.
-        proptest::collection::btree_map(0i64..1000, (any::<bool>(), 0u8..4), 1..8)
-            .prop_map(|m| m.into_iter().map(|(t, (d, v))| (t, d, v)).collect())
+    /// One customer's life as Stripe produces it: maybe `customer.created`, then updates, maybe a
+    /// final `customer.deleted`, with times that never go back and often repeat (whole seconds),
+    /// each event with its own id.
+    fn history() -> impl Strategy<Value = Vec<Customer>> {
+        (
+            any::<bool>(),
+            proptest::collection::vec((0i64..2, 0u8..4), 0..7),
+            proptest::option::of(0i64..2),
+            0i64..3,
+        )
+            .prop_filter("at least one event", |(c, u, d, _)| {
+                *c || !u.is_empty() || d.is_some()
+            })
+            .prop_map(|(with_created, updates, deleted, start)| {
+                let mut t = start;
+                let mut events = Vec::new();
+                if with_created {
+                    events.push(change("cus_1", "evt_0", "created", t, "v0"));
+                }
+                for (i, (step, value)) in updates.into_iter().enumerate() {
+                    t += step;
+                    events.push(change(
+                        "cus_1",
+                        &format!("evt_u{i}"),
+                        "updated",
+                        t,
+                        &format!("v{value}"),
+                    ));
+                }
+                if let Some(step) = deleted {
+                    t += step;
+                    let mut d = delete("cus_1", t);
+                    d.source_event_id = "evt_del".into();
+                    events.push(d);
+                }
+                events
+            })
     }
 
-    fn to_change(&(t, is_delete, v): &(i64, bool, u8)) -> Customer {
-        if is_delete {
-            delete("cus_1", t)
-        } else {
-            upsert("cus_1", t, &format!("v{v}"))
+    /// The state Dataverse must end in: deleted if any delete was delivered, otherwise the
+    /// greatest change by (time, rank, first delivery among same-second updates).
+    fn expected<'a>(delivered: &[&'a Customer]) -> &'a Customer {
+        if let Some(d) = delivered.iter().find(|c| c.op == CustomerOp::Delete) {
+            return d;
         }
+        let mut first: Vec<&Customer> = Vec::new();
+        for c in delivered {
+            if !first.iter().any(|f| f.source_event_id == c.source_event_id) {
+                first.push(c);
+            }
+        }
+        first
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, c)| (c.source_event_created, mapping::rank(c), *i))
+            .map(|(_, c)| *c)
+            .unwrap()
     }
 
     proptest! {
-        /// Delivered in any order, any number of times, changes to one customer end with the
-        /// effect of the newest: its values, or its tombstone. A late, older update never
-        /// resurrects a deleted contact.
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// Delivered in any order, any number of times, with ties in one second common, the
+        /// changes of one customer end in the model's state: the greatest change's values, or the
+        /// tombstone once any delete arrived. A replay of everything writes nothing.
         #[test]
-        fn any_delivery_order_ends_with_the_newest(
-            changes in change_strategy(),
-            order in proptest::collection::vec(any::<proptest::sample::Index>(), 1..20),
+        fn any_delivery_order_ends_in_the_models_state(
+            events in history(),
+            order in proptest::collection::vec(any::<proptest::sample::Index>(), 0..20),
+            tail in proptest::collection::vec(any::<proptest::sample::Index>(), 0..6),
         ) {
             let cols = columns(DeleteMode::Deactivate);
             let mut model = Model::default();
-            let mut delivered: Vec<&(i64, bool, u8)> = order.iter().map(|i| i.get(&changes)).collect();
-            // Every change is delivered at least once.
-            delivered.extend(changes.iter());
+            // Arbitrary deliveries, then every event at least once, then more redeliveries.
+            let mut delivered: Vec<&Customer> = order.iter().map(|i| i.get(&events)).collect();
+            delivered.extend(events.iter());
+            delivered.extend(tail.iter().map(|i| i.get(&events)));
             for c in &delivered {
-                model.apply(&cols, &to_change(c));
+                model.apply(&cols, c);
             }
-            let newest = changes.iter().max_by_key(|c| c.0).unwrap();
+            let want = expected(&delivered);
             let row = model.read(&cols, "cus_1").unwrap();
-            prop_assert_eq!(row.created, Some(newest.0));
-            prop_assert_eq!(row.deleted, newest.1);
-            if !newest.1 {
-                prop_assert_eq!(row.values["lastname"].clone(), json!(format!("v{}", newest.2)));
-                prop_assert_ne!(model.rows["cus_1"].1.get("statecode"), Some(&json!(1)));
+            let state = model.rows["cus_1"].1.get("statecode").cloned();
+            if want.op == CustomerOp::Delete {
+                prop_assert!(row.deleted);
+                prop_assert_eq!(state, Some(json!(1)));
             } else {
-                prop_assert_eq!(model.rows["cus_1"].1.get("statecode"), Some(&json!(1)));
+                prop_assert!(!row.deleted);
+                prop_assert_eq!(row.created, Some(want.source_event_created));
+                prop_assert_eq!(row.values["lastname"].clone(), json!(want.last_name.clone().unwrap()));
+                prop_assert_ne!(state, Some(json!(1)));
             }
             // Delivering everything again changes nothing: a replay is a no-op.
             let before = model.rows.clone();
-            for c in &changes {
-                let outcome = model.apply(&cols, &to_change(c));
+            for c in &events {
+                let outcome = model.apply(&cols, c);
                 prop_assert!(matches!(outcome, Outcome::Stale | Outcome::Unchanged), "{:?}", outcome);
             }
             prop_assert_eq!(&before, &model.rows);
@@ -565,8 +814,8 @@ pub(crate) mod tests {
 
         /// Two writers (the partition's old and new owner during a rebalance) each read, then
         /// write conditionally, interleaved arbitrarily. Whatever the interleaving, the newer
-        /// change wins: a stale read can never overwrite a newer write, because its etag no
-        /// longer matches.
+        /// change wins, or the delete: a stale read can never overwrite a newer write, because
+        /// its etag no longer matches.
         #[test]
         fn racing_writers_cannot_overwrite_a_newer_change(
             a in (0i64..10, any::<bool>()),
@@ -580,7 +829,10 @@ pub(crate) mod tests {
             if let Some(t) = initial {
                 model.apply(&cols, &upsert("cus_1", t, "initial"));
             }
-            let changes = [to_change(&(a.0, a.1, 1)), to_change(&(b.0, b.1, 2))];
+            let to_change = |(t, is_delete): (i64, bool), v: u8| {
+                if is_delete { delete("cus_1", t) } else { upsert("cus_1", t, &format!("v{v}")) }
+            };
+            let changes = [to_change(a, 1), to_change(b, 2)];
             // Each writer alternates read → conditional write until its change is finished.
             let mut pending: [Option<Option<StoredRow>>; 2] = [None, None];
             let mut done = [false, false];
@@ -596,12 +848,16 @@ pub(crate) mod tests {
                     },
                 }
             }
-            let newest = if a.0 > b.0 { (a, 1) } else { (b, 2) };
-            let newest_t = newest.0.0.max(initial.unwrap_or(i64::MIN));
             let row = model.read(&cols, "cus_1").unwrap();
-            prop_assert_eq!(row.created, Some(newest_t));
-            if newest_t == newest.0.0 && !newest.0.1 {
-                prop_assert_eq!(row.values["lastname"].clone(), json!(format!("v{}", newest.1)));
+            if a.1 || b.1 {
+                prop_assert!(row.deleted);
+            } else {
+                let newest = if a.0 > b.0 { (a, 1) } else { (b, 2) };
+                let newest_t = newest.0.0.max(initial.unwrap_or(i64::MIN));
+                prop_assert_eq!(row.created, Some(newest_t));
+                if newest_t == newest.0.0 {
+                    prop_assert_eq!(row.values["lastname"].clone(), json!(format!("v{}", newest.1)));
+                }
             }
         }
     }

@@ -140,7 +140,7 @@ async fn check_dataverse(transport: &Transport, columns: &Columns) -> anyhow::Re
             Ok(())
         }
         Err(ProbeError::Refused(message)) => anyhow::bail!(
-            "Dataverse refused the configuration (check dataverse.environment_url, dataverse.table, dataverse.alternate_key, dataverse.created_column, dataverse.deleted_column, mapping.*, and the app's credentials and privileges): {message}"
+            "Dataverse refused the configuration (check dataverse.environment_url, dataverse.table, dataverse.alternate_key, dataverse.created_column, dataverse.deleted_column, dataverse.rank_column, dataverse.event_ids_column, mapping.*, and the app's credentials and privileges): {message}"
         ),
         Err(ProbeError::Unavailable(message)) => {
             tracing::warn!(error = %message, "Dataverse is not reachable at start-up; writes will wait for it");

@@ -45,6 +45,7 @@ pub struct Metrics {
     dead_lettered: Family<ClassLabel, Counter>,
     retries: Family<ClassLabel, Counter>,
     conflicts: Counter,
+    same_second_ties: Counter,
     throttled: Counter,
     throttled_seconds: Counter<f64, AtomicU64>,
     batch_size: Histogram,
@@ -63,6 +64,7 @@ impl Metrics {
             dead_lettered: Family::default(),
             retries: Family::default(),
             conflicts: Counter::default(),
+            same_second_ties: Counter::default(),
             throttled: Counter::default(),
             throttled_seconds: Counter::default(),
             batch_size: Histogram::new([1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0]),
@@ -90,6 +92,11 @@ impl Metrics {
             "conflicts",
             "Conditional writes that lost a race (412) and were decided again",
             m.conflicts.clone(),
+        );
+        registry.register(
+            "same_second_ties",
+            "Updates of one customer within one second that the events cannot order, applied in partition order (the customer id is logged)",
+            m.same_second_ties.clone(),
         );
         registry.register("throttled", "429 answers from Dataverse", m.throttled.clone());
         registry.register_with_unit(
@@ -162,6 +169,10 @@ impl Metrics {
 
     pub fn conflict(&self) {
         self.conflicts.inc();
+    }
+
+    pub fn same_second_tie(&self) {
+        self.same_second_ties.inc();
     }
 
     pub fn throttled(&self, paused_seconds: f64) {

@@ -172,6 +172,11 @@ impl TableConfig {
             ColumnConfig::new(ColumnType::BigInt),
         );
         columns.insert(
+            "new_stripeeventrank".to_owned(),
+            ColumnConfig::new(ColumnType::Integer),
+        );
+        columns.insert("new_stripeeventids".to_owned(), string(1000));
+        columns.insert(
             "new_stripedeleted".to_owned(),
             ColumnConfig::new(ColumnType::Boolean).default_value(Value::Bool(false)),
         );

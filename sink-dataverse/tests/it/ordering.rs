@@ -1,8 +1,8 @@
 //! Stripe does not order deliveries: an older change must never overwrite a newer one, and a
-//! late, older update must not resurrect a deleted contact. Changes of one second apply in
-//! partition order.
+//! deleted customer never comes back. Within one second, `created` comes before `updated` before
+//! `deleted`; two updates of one second apply in partition order, and redeliveries change nothing.
 
-use crate::support::{Admin, Env, Sink, assert_contact, assert_tombstone, delete, upsert};
+use crate::support::{Admin, Env, Sink, assert_contact, assert_tombstone, create, delete, upsert};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_newest_change_wins_whatever_the_delivery_order() {
@@ -20,14 +20,28 @@ async fn the_newest_change_wins_whatever_the_delivery_order() {
         delete("cus_c", 200),
         upsert("cus_c", 150, "Late"),
     ];
-    let same_second = [upsert("cus_d", 500, "X"), upsert("cus_d", 500, "Y")];
+    // Two updates of one second, then the first delivered again (another gateway replica).
+    let same_second = [
+        upsert("cus_d", 500, "X"),
+        upsert("cus_d", 500, "Y"),
+        upsert("cus_d", 500, "X"),
+    ];
     let deleted_then_newer = [delete("cus_e", 100), upsert("cus_e", 200, "Back")];
+    // One second's whole life, delivered newest first.
+    let one_second_newest_first = [
+        delete("cus_f", 700),
+        upsert("cus_f", 700, "Updated"),
+        create("cus_f", 700, "Created"),
+    ];
+    let created_after_updated = [upsert("cus_g", 800, "Updated"), create("cus_g", 800, "Created")];
     let all: Vec<_> = [
         &newest_first[..],
         &deleted_then_late_update,
         &created_deleted_late,
         &same_second,
         &deleted_then_newer,
+        &one_second_newest_first,
+        &created_after_updated,
     ]
     .concat();
     env.produce(&t.input, &all).await;
@@ -44,19 +58,32 @@ async fn the_newest_change_wins_whatever_the_delivery_order() {
     assert_tombstone(&contacts["cus_c"], 200);
     assert_eq!(contacts["cus_c"]["firstname"], "Orig");
     assert_contact(&contacts["cus_d"], &same_second[1]);
-    // A newer change after a delete wins (the ordering rule), reactivating the contact.
-    assert_contact(&contacts["cus_e"], &deleted_then_newer[1]);
-    assert_eq!(contacts["cus_e"]["statuscode"], 1);
+    // A deleted customer is final, even against a newer update.
+    assert_tombstone(&contacts["cus_e"], 100);
+    assert_tombstone(&contacts["cus_f"], 700);
+    assert_contact(&contacts["cus_g"], &created_after_updated[0]);
 
+    // The late updates of a, b and c, e's update, f's update and create, g's create.
     assert_eq!(
         sink.metric("sink_dataverse_writes_total{outcome=\"stale\"}")
             .await,
-        3.0
+        7.0
+    );
+    assert_eq!(
+        sink.metric("sink_dataverse_writes_total{outcome=\"unchanged\"}")
+            .await,
+        1.0,
+        "the redelivered X"
+    );
+    assert_eq!(
+        sink.metric("sink_dataverse_same_second_ties_total").await,
+        1.0,
+        "X then Y of one second"
     );
     assert_eq!(
         sink.metric("sink_dataverse_writes_total{outcome=\"tombstoned\"}")
             .await,
-        2.0
+        3.0
     );
     assert_eq!(
         sink.metric("sink_dataverse_writes_total{outcome=\"deactivated\"}")
@@ -81,7 +108,8 @@ async fn hard_delete_mode_removes_the_contact_and_a_missing_one_counts_as_done()
             delete("cus_gone", 200),
             delete("cus_never", 100),
             upsert("cus_kept", 100, "Kept"),
-            delete("cus_kept", 50),
+            upsert("cus_late", 100, "Late"),
+            delete("cus_late", 50),
         ],
     )
     .await;
@@ -94,12 +122,12 @@ async fn hard_delete_mode_removes_the_contact_and_a_missing_one_counts_as_done()
     assert_eq!(
         contacts.keys().collect::<Vec<_>>(),
         vec!["cus_kept"],
-        "an older delete is stale"
+        "a delete is final, whatever its time"
     );
     assert_eq!(
         sink.metric("sink_dataverse_writes_total{outcome=\"deleted\"}")
             .await,
-        1.0
+        2.0
     );
     assert_eq!(
         sink.metric("sink_dataverse_writes_total{outcome=\"already_absent\"}")
@@ -109,7 +137,7 @@ async fn hard_delete_mode_removes_the_contact_and_a_missing_one_counts_as_done()
     assert_eq!(
         sink.metric("sink_dataverse_writes_total{outcome=\"stale\"}")
             .await,
-        1.0
+        0.0
     );
     sink.stop().await;
 }

@@ -179,7 +179,7 @@ pub fn dataverse_settings(emu: &Running) -> DataverseSettings {
 pub fn upsert(id: &str, created: i64, first_name: &str) -> Customer {
     let mut c = Customer::deletion(
         id,
-        format!("evt_{id}_{created}"),
+        format!("evt_{id}_{created}_{first_name}"),
         "customer.updated",
         created,
         false,
@@ -197,6 +197,14 @@ pub fn upsert(id: &str, created: i64, first_name: &str) -> Customer {
     c.address_postal_code = Some("94105".into());
     c.address_country_code = Some("US".into());
     c.address_country_name = Some("United States of America".into());
+    c
+}
+
+/// `upsert`, as the customer's `customer.created` event.
+pub fn create(id: &str, created: i64, first_name: &str) -> Customer {
+    let mut c = upsert(id, created, first_name);
+    c.source_event_type = "customer.created".into();
+    c.source_event_id = format!("evt_{id}_{created}_created");
     c
 }
 
