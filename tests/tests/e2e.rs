@@ -208,3 +208,52 @@ async fn killing_the_consuming_stages_mid_stream_loses_no_acknowledged_event() {
         "one contact per customer, however often a change was redelivered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_seconds_changes_delivered_newest_first_end_in_the_newest_state() {
+    let pipeline = Pipeline::start().await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let event = |id: &str, kind: &str, customer_id: &str, name: &str| {
+        customer_event(
+            id,
+            &format!("customer.{kind}"),
+            now,
+            customer(customer_id, name, &format!("{}@example.com", name.to_lowercase())),
+        )
+    };
+    // Created, updated and deleted within one second, delivered newest first: the customer is
+    // deleted and stays deleted.
+    let gone = [
+        event("evt_same_del", "deleted", "cus_same_gone", "Deleted"),
+        event("evt_same_upd", "updated", "cus_same_gone", "Updated"),
+        event("evt_same_new", "created", "cus_same_gone", "Created"),
+    ];
+    // Created and updated within one second, the update delivered first: the update wins.
+    let kept = [
+        event("evt_kept_upd", "updated", "cus_same_kept", "Updated"),
+        event("evt_kept_new", "created", "cus_same_kept", "Created"),
+    ];
+    for body in gone.iter().chain(&kept) {
+        assert_eq!(pipeline.send_webhook(body).await.unwrap().status(), 200);
+    }
+    let sink: std::net::SocketAddr = pipeline
+        .url(Stage::Sink)
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    // The three older deliveries are recognised as stale once processed.
+    harness::inspect::wait_metric(sink, "sink_dataverse_writes_total{outcome=\"stale\"}", 3.0).await;
+
+    let gone = pipeline.contact("cus_same_gone").await.unwrap().unwrap();
+    assert_eq!(gone["new_stripedeleted"], true, "{gone}");
+    assert_eq!(
+        gone["statecode"], 1,
+        "a deleted customer never becomes active again: {gone}"
+    );
+    let kept = pipeline.contact("cus_same_kept").await.unwrap().unwrap();
+    assert_eq!(kept["emailaddress1"], "updated@example.com", "{kept}");
+    assert_eq!(kept["statecode"], 0, "{kept}");
+}
