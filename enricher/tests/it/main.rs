@@ -2,6 +2,7 @@
 //! harness as child processes): ordering, dead letters, crashes, group scaling, replay and
 //! outages. Each test owns its broker, topics and group.
 
+mod backlog;
 mod crash;
 mod flow;
 mod group;

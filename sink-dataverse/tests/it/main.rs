@@ -3,6 +3,7 @@
 //! that change nothing, out-of-order delivery, throttling storms, dead letters, crashes, outages
 //! and expiring tokens. Each test owns its broker, topics, group and emulator.
 
+mod backlog;
 mod crash;
 mod dlq;
 mod flow;
