@@ -7,6 +7,7 @@ use http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
+use crate::metadata;
 use crate::odata::{self, Resource};
 use crate::response::ApiResponse;
 use crate::store::{Conditions, IfMatch, Store, Target, Undo, WriteOutcome, normalize_etag};
@@ -187,6 +188,13 @@ pub fn execute(
                 "OrganizationId": "00000000-0000-0000-0000-00000000a6a6",
             });
             Ok(plain(ApiResponse::odata(StatusCode::OK).odata_json(&body)))
+        }
+        Resource::EntityDefinitions { key } if method == Method::GET => {
+            let response = match key {
+                None => metadata::query(store, ctx.base_url, request.query)?,
+                Some(key) => metadata::retrieve(store, ctx.base_url, &key, request.query)?,
+            };
+            Ok(plain(response))
         }
         Resource::Metadata => Err(ApiError::NotSupported("The $metadata document".to_owned())),
         Resource::Batch => Err(ApiError::MalformedBatch(

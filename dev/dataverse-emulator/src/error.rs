@@ -41,6 +41,9 @@ pub enum ApiError {
     /// A path segment naming nothing the service has.
     #[error("Resource not found for the segment '{0}'.")]
     ResourceNotFound(String),
+    /// No table definition with this logical name or `MetadataId`.
+    #[error("{0}")]
+    DefinitionNotFound(String),
     /// No row with this primary key.
     #[error("{entity} With Id = {id} Does Not Exist")]
     RowNotFound { entity: String, id: String },
@@ -115,6 +118,7 @@ impl ApiError {
             MalformedBatch(_) | Admin(_) => (StatusCode::BAD_REQUEST, "0x80040203"),
             ResourceNotFound(_) => (StatusCode::NOT_FOUND, "0x80060888"),
             RowNotFound { .. } | KeyNotFound { .. } => (StatusCode::NOT_FOUND, "0x80040217"),
+            DefinitionNotFound(_) => (StatusCode::NOT_FOUND, "0x80041102"),
             DuplicateKey { .. } => (StatusCode::PRECONDITION_FAILED, "0x80060892"),
             DuplicateId | AlreadyExists => (StatusCode::PRECONDITION_FAILED, "0x80040237"),
             VersionMismatch => (StatusCode::PRECONDITION_FAILED, "0x80060882"),

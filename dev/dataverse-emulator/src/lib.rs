@@ -9,6 +9,7 @@
 //!   `$batch` execution, the token endpoint and the admin API under `/_admin/`.
 //! * `batch` — the `multipart/mixed` batch format: parsing, URL and `Content-ID` resolution, rendering.
 //! * `api` — one Web API operation against the store, with the documented answers.
+//! * `metadata` — table definitions (`EntityDefinitions`) answered from the configured tables.
 //! * `odata` — URL parsing: key segments, `$select`/`$filter`/`$top`/`$count`/`$orderby`.
 //! * `store` — tables, rows, alternate-key indexes, row versions and the write rules, with undo.
 //! * `auth`, `limits`, `faults`, `stats`, `persist` — tokens, service protection, fault injection,
@@ -22,6 +23,7 @@ pub mod config;
 mod error;
 mod faults;
 mod limits;
+mod metadata;
 mod odata;
 mod persist;
 mod response;

@@ -41,6 +41,8 @@ pub enum Resource {
         target: Target,
         segment: String,
     },
+    /// Table definitions: `EntityDefinitions`, or one of them with `key`.
+    EntityDefinitions { key: Option<DefinitionKey> },
     /// One column of one row: `contacts(<key>)/lastname`.
     Property {
         set: String,
@@ -48,6 +50,55 @@ pub enum Resource {
         segment: String,
         column: String,
     },
+}
+
+/// How `EntityDefinitions(…)` names a table definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefinitionKey {
+    /// `LogicalName='contact'`.
+    LogicalName(String),
+    /// A bare `MetadataId` GUID, or `MetadataId=<guid>`.
+    MetadataId(Guid),
+}
+
+/// Parses the path after `EntityDefinitions`: nothing, or one key segment.
+fn parse_definitions(rest: &str) -> Result<Resource, ApiError> {
+    if rest.is_empty() {
+        return Ok(Resource::EntityDefinitions { key: None });
+    }
+    let bad_key = || {
+        syntax_error(format!(
+            "'EntityDefinitions{rest}' is not a valid key; use EntityDefinitions(LogicalName='<name>') or EntityDefinitions(<MetadataId>)."
+        ))
+    };
+    let Some(inner) = rest.strip_prefix('(') else {
+        return Err(ApiError::ResourceNotFound(
+            rest.trim_start_matches('/').to_owned(),
+        ));
+    };
+    let close = matching_paren(rest).ok_or_else(bad_key)?;
+    let after = &rest[close + 1..];
+    if !after.is_empty() {
+        return Err(ApiError::NotSupported(format!(
+            "The path segment '{}' after a table definition",
+            after.trim_start_matches('/')
+        )));
+    }
+    let inner = inner[..close - 1].trim();
+    let (name, value) = inner.split_once('=').unwrap_or(("", inner));
+    let key = match name.trim() {
+        "LogicalName" => {
+            let value = value.trim();
+            let text = value
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .ok_or_else(bad_key)?;
+            DefinitionKey::LogicalName(text.replace("''", "'"))
+        }
+        "" | "MetadataId" => DefinitionKey::MetadataId(Guid::parse(value.trim()).ok_or_else(bad_key)?),
+        _ => return Err(bad_key()),
+    };
+    Ok(Resource::EntityDefinitions { key: Some(key) })
 }
 
 /// Decodes `%XX` escapes; with `plus_is_space`, `+` becomes a space (query strings).
@@ -91,6 +142,9 @@ pub fn parse_path(path: &str, store: &Store) -> Result<Resource, ApiError> {
     }
     let name_end = path.find(['(', '/']).unwrap_or(path.len());
     let set = &path[..name_end];
+    if set == "EntityDefinitions" {
+        return parse_definitions(&path[name_end..]);
+    }
     let table = store.table(set)?;
     let rest = &path[name_end..];
     if rest.is_empty() {

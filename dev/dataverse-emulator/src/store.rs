@@ -21,8 +21,11 @@ pub struct Guid(u128);
 impl Guid {
     /// A random (version 4) GUID.
     pub fn new_random() -> Self {
-        let bits: u128 = rand::random();
-        // Version 4, RFC 4122 variant.
+        Self::version4(rand::random())
+    }
+
+    /// The version 4 GUID (RFC 4122 variant) made of these bits, for ids that must be stable.
+    pub fn version4(bits: u128) -> Self {
         Self((bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62))
     }
 

@@ -5,6 +5,7 @@ mod support;
 
 mod admin_and_faults;
 mod batch;
+mod definitions;
 mod documented;
 mod limits;
 mod process;
