@@ -35,6 +35,9 @@ pub enum ApiError {
     /// A property named in `$select`, `$filter` or `$orderby` that the table does not have.
     #[error("Could not find a property named '{column}' on type 'Microsoft.Dynamics.CRM.{entity}'.")]
     UnknownProperty { entity: String, column: String },
+    /// A message parameter that is missing or breaks the message's rules.
+    #[error("{0}")]
+    InvalidArgument(String),
     /// A `$batch` body that cannot be parsed, or breaks a batch rule.
     #[error("{0}")]
     MalformedBatch(String),
@@ -115,7 +118,7 @@ impl ApiError {
             }
             Validation(_) => (StatusCode::BAD_REQUEST, "0x80044331"),
             BadUrl(_) | UnknownProperty { .. } => (StatusCode::BAD_REQUEST, "0x80060888"),
-            MalformedBatch(_) | Admin(_) => (StatusCode::BAD_REQUEST, "0x80040203"),
+            MalformedBatch(_) | Admin(_) | InvalidArgument(_) => (StatusCode::BAD_REQUEST, "0x80040203"),
             ResourceNotFound(_) => (StatusCode::NOT_FOUND, "0x80060888"),
             RowNotFound { .. } | KeyNotFound { .. } => (StatusCode::NOT_FOUND, "0x80040217"),
             DefinitionNotFound(_) => (StatusCode::NOT_FOUND, "0x80041102"),

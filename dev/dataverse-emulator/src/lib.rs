@@ -9,6 +9,7 @@
 //!   `$batch` execution, the token endpoint and the admin API under `/_admin/`.
 //! * `batch` — the `multipart/mixed` batch format: parsing, URL and `Content-ID` resolution, rendering.
 //! * `api` — one Web API operation against the store, with the documented answers.
+//! * `bulk` — `CreateMultiple`, `UpdateMultiple` and `UpsertMultiple`, each one transaction.
 //! * `metadata` — table definitions (`EntityDefinitions`) answered from the configured tables.
 //! * `odata` — URL parsing: key segments, `$select`/`$filter`/`$top`/`$count`/`$orderby`.
 //! * `store` — tables, rows, alternate-key indexes, row versions and the write rules, with undo.
@@ -19,6 +20,7 @@
 mod api;
 mod auth;
 mod batch;
+mod bulk;
 pub mod config;
 mod error;
 mod faults;

@@ -41,6 +41,8 @@ pub enum Resource {
         target: Target,
         segment: String,
     },
+    /// A bulk action bound to an entity set: `contacts/Microsoft.Dynamics.CRM.CreateMultiple`.
+    BulkAction { set: String, action: BulkAction },
     /// Table definitions: `EntityDefinitions`, or one of them with `key`.
     EntityDefinitions { key: Option<DefinitionKey> },
     /// One column of one row: `contacts(<key>)/lastname`.
@@ -50,6 +52,38 @@ pub enum Resource {
         segment: String,
         column: String,
     },
+}
+
+/// The bulk operation messages, bound to an entity set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkAction {
+    /// `CreateMultiple`: creates every record, answers their ids.
+    Create,
+    /// `UpdateMultiple`: updates existing records.
+    Update,
+    /// `UpsertMultiple`: creates or updates each record.
+    Upsert,
+}
+
+impl BulkAction {
+    /// The action named by a path segment such as `Microsoft.Dynamics.CRM.CreateMultiple`.
+    pub fn from_segment(segment: &str) -> Option<Self> {
+        match segment.strip_prefix("Microsoft.Dynamics.CRM.")? {
+            "CreateMultiple" => Some(Self::Create),
+            "UpdateMultiple" => Some(Self::Update),
+            "UpsertMultiple" => Some(Self::Upsert),
+            _ => None,
+        }
+    }
+
+    /// The action's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Create => "CreateMultiple",
+            Self::Update => "UpdateMultiple",
+            Self::Upsert => "UpsertMultiple",
+        }
+    }
 }
 
 /// How `EntityDefinitions(…)` names a table definition.
@@ -152,6 +186,12 @@ pub fn parse_path(path: &str, store: &Store) -> Result<Resource, ApiError> {
     }
     if rest == "/$count" {
         return Ok(Resource::EntitySetCount { set: set.to_owned() });
+    }
+    if let Some(action) = rest.strip_prefix('/').and_then(BulkAction::from_segment) {
+        return Ok(Resource::BulkAction {
+            set: set.to_owned(),
+            action,
+        });
     }
     if let Some(after_slash) = rest.strip_prefix('/') {
         return Err(ApiError::ResourceNotFound(

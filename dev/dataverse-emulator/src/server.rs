@@ -466,7 +466,8 @@ async fn run_single(state: &Arc<AppState>, base: &str, request: api::Request<'_>
     {
         return e.render();
     }
-    tokio::time::sleep(state.latency(kind)).await;
+    // Execution time is per record: a bulk action costs what its records would cost one by one.
+    tokio::time::sleep(state.latency(kind) * writes.cost()).await;
     response
 }
 
@@ -506,7 +507,7 @@ async fn run_batch(state: &Arc<AppState>, base: &str, headers: &HeaderMap, body:
                 };
                 lock(&state.stats).applied(kind, response.status.is_success(), writes);
                 any_writes |= writes.any();
-                tokio::time::sleep(state.latency(kind)).await;
+                tokio::time::sleep(state.latency(kind) * writes.cost()).await;
                 let status = response.status;
                 answers.push(ResponseItem::Single {
                     content_id: operation.content_id,
@@ -521,7 +522,9 @@ async fn run_batch(state: &Arc<AppState>, base: &str, headers: &HeaderMap, body:
                 let mut latency = Duration::ZERO;
                 let result = {
                     let mut store = lock(&state.store);
-                    run_change_set(&mut store, &ctx, &members, |kind| latency += state.latency(kind))
+                    run_change_set(&mut store, &ctx, &members, |kind, cost| {
+                        latency += state.latency(kind) * cost
+                    })
                 };
                 tokio::time::sleep(latency).await;
                 match result {
@@ -604,7 +607,7 @@ fn run_change_set(
     store: &mut Store,
     ctx: &Context<'_>,
     members: &[batch::Operation],
-    mut on_operation: impl FnMut(OpKind),
+    mut on_operation: impl FnMut(OpKind, u32),
 ) -> ChangeSetResult {
     let mut undo = Vec::new();
     let mut content_ids: HashMap<String, String> = HashMap::new();
@@ -614,7 +617,6 @@ fn run_change_set(
         let resolved = batch::resolve_url(&operation.url, &content_ids);
         let outcome = resolved.and_then(|(path, query)| {
             let kind = OpKind::of(&operation.method, &path);
-            on_operation(kind);
             let request = api::Request {
                 method: &operation.method,
                 path: &path,
@@ -622,7 +624,10 @@ fn run_change_set(
                 headers: &operation.headers,
                 body: &operation.body,
             };
-            api::execute(store, ctx, &request, &mut undo).map(|outcome| (kind, outcome))
+            let outcome = api::execute(store, ctx, &request, &mut undo);
+            let cost = outcome.as_ref().map_or(1, |o| o.writes.cost());
+            on_operation(kind, cost);
+            outcome.map(|outcome| (kind, outcome))
         });
         match outcome {
             Ok((kind, outcome)) => {
