@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::TableConfig;
 use crate::error::ApiError;
-use crate::odata::{DefinitionKey, percent_decode};
+use crate::odata::{DefinitionKey, query_pairs, select_list, unsupported_option};
 use crate::response::ApiResponse;
 use crate::store::{Guid, Store};
 
@@ -151,20 +151,16 @@ struct Options {
 
 fn parse_options(raw: Option<&str>) -> Result<Options, ApiError> {
     let mut options = Options::default();
-    let Some(raw) = raw else { return Ok(options) };
-    for pair in raw.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = percent_decode(name, true)?;
-        let value = percent_decode(value, true)?;
+    for (name, value) in query_pairs(raw)? {
         match name.as_str() {
             "$select" => {
-                let mut names = Vec::new();
-                for property in value.split(',').map(str::trim) {
-                    if !PROPERTIES.contains(&property) {
-                        return Err(unknown_property(property));
+                let names = select_list(&value, |property| {
+                    if PROPERTIES.contains(&property) {
+                        Ok(())
+                    } else {
+                        Err(unknown_property(property))
                     }
-                    names.push(property.to_owned());
-                }
+                })?;
                 options.select = Some(names);
             }
             "$filter" => options.filter = Some(parse_filter(&value)?),
@@ -173,11 +169,7 @@ fn parse_options(raw: Option<&str>) -> Result<Options, ApiError> {
                     "The $expand query option on EntityDefinitions".to_owned(),
                 ));
             }
-            other if other.starts_with('$') => {
-                return Err(ApiError::BadUrl(format!(
-                    "The query parameter {other} is not supported"
-                )));
-            }
+            other if other.starts_with('$') => return Err(unsupported_option(other)),
             _ => {}
         }
     }

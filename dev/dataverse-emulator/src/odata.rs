@@ -523,21 +523,42 @@ pub struct QueryOptions {
     pub orderby: Vec<(String, bool)>,
 }
 
+/// The decoded `name=value` pairs of a raw query string, in order.
+pub fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    raw.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((percent_decode(name, true)?, percent_decode(value, true)?))
+        })
+        .collect()
+}
+
+/// The names of a `$select` list, each checked by `check`.
+pub fn select_list(
+    value: &str,
+    mut check: impl FnMut(&str) -> Result<(), ApiError>,
+) -> Result<Vec<String>, ApiError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .map(|name| check(name).map(|()| name.to_owned()))
+        .collect()
+}
+
+/// The error for a system query option a resource does not take.
+pub fn unsupported_option(name: &str) -> ApiError {
+    ApiError::BadUrl(format!("The query parameter {name} is not supported"))
+}
+
 /// Parses a raw query string against a table.
 pub fn parse_query(raw: Option<&str>, table: &Table) -> Result<QueryOptions, ApiError> {
     let mut options = QueryOptions::default();
-    let Some(raw) = raw else { return Ok(options) };
-    for pair in raw.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = percent_decode(name, true)?;
-        let value = percent_decode(value, true)?;
+    for (name, value) in query_pairs(raw)? {
         match name.as_str() {
             "$select" => {
-                let mut columns = Vec::new();
-                for column in value.split(',').map(str::trim) {
-                    check_property(table, column)?;
-                    columns.push(column.to_owned());
-                }
+                let columns = select_list(&value, |column| check_property(table, column).map(|_| ()))?;
                 options.select = Some(columns);
             }
             "$filter" => options.filter = Some(parse_filter(&value, table)?),
@@ -576,11 +597,7 @@ pub fn parse_query(raw: Option<&str>, table: &Table) -> Result<QueryOptions, Api
             "$expand" | "$apply" | "$search" => {
                 return Err(ApiError::NotSupported(format!("The {name} query option")));
             }
-            other if other.starts_with('$') => {
-                return Err(ApiError::BadUrl(format!(
-                    "The query parameter {other} is not supported"
-                )));
-            }
+            other if other.starts_with('$') => return Err(unsupported_option(other)),
             _ => {}
         }
     }
