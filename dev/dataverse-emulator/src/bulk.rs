@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::odata::{self, BulkAction, Resource};
-use crate::store::{Conditions, Guid, IfMatch, Store, Table, Target, Undo, WriteOutcome};
+use crate::store::{Conditions, IfMatch, Store, Table, Target, Undo, WriteOutcome};
+use crate::values::Guid;
 
 /// What a bulk action did.
 #[derive(Debug, Default)]

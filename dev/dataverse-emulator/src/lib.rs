@@ -16,6 +16,9 @@
 //! * `auth`, `limits`, `faults`, `stats`, `persist` — tokens, service protection, fault injection,
 //!   counters and the snapshot file.
 //! * `error` — the one error type and its one rendering into Dataverse's (or Entra ID's) error shape.
+//! * `response` — the transport-neutral answer (status, headers, body) that errors and operations produce.
+//! * `config` — the settings and the table schema rules (system columns, value types).
+//! * `values` — GUIDs and timestamps in Dataverse's formats; a leaf every other module may use.
 
 mod api;
 mod auth;
@@ -32,6 +35,7 @@ mod response;
 mod server;
 mod stats;
 mod store;
+mod values;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -10,7 +10,8 @@ use crate::config::TableConfig;
 use crate::error::ApiError;
 use crate::odata::{DefinitionKey, query_pairs, select_list, unsupported_option};
 use crate::response::ApiResponse;
-use crate::store::{Guid, Store};
+use crate::store::Store;
+use crate::values::Guid;
 
 /// The `EntityMetadata` properties the emulator serves, in the order a full answer lists them.
 pub const PROPERTIES: &[&str] = &[

@@ -8,7 +8,8 @@ use serde_json::Value;
 
 use crate::config::ColumnType;
 use crate::error::ApiError;
-use crate::store::{Guid, Row, Store, Table, Target};
+use crate::store::{Row, Store, Table, Target};
+use crate::values::Guid;
 
 /// Web API versions served; all behave as v9.2 (answers echo the version the request used).
 pub const VERSIONS: &[&str] = &["v9.0", "v9.1", "v9.2"];
