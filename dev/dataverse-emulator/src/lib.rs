@@ -6,7 +6,7 @@
 //!
 //! Modules, from the wire inwards:
 //! * `server` — routes and the request pipeline (token → limits → faults → execute → latency → persist),
-//!   `$batch` execution, the token endpoint and the admin API under `/_admin/`.
+//!   split by concern: `listener`, `web_api`, `batch_exec`, `token`, `admin`, `state`.
 //! * `batch` — the `multipart/mixed` batch format: parsing, URL and `Content-ID` resolution, rendering.
 //! * `api` — one Web API operation against the store, with the documented answers.
 //! * `bulk` — `CreateMultiple`, `UpdateMultiple` and `UpsertMultiple`, each one transaction.
