@@ -6,8 +6,10 @@
 use http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use serde_json::{Map, Value, json};
 
+use crate::bulk;
 use crate::error::ApiError;
-use crate::odata::{self, Resource};
+use crate::metadata;
+use crate::odata::{self, BulkAction, Resource};
 use crate::response::ApiResponse;
 use crate::store::{Conditions, IfMatch, Store, Target, Undo, WriteOutcome, normalize_etag};
 
@@ -45,6 +47,9 @@ impl OpKind {
     /// Classifies a request from its method and path, before it is parsed.
     pub fn of(method: &Method, path: &str) -> Self {
         match *method {
+            Method::POST if path.ends_with(".UpdateMultiple") || path.ends_with(".UpsertMultiple") => {
+                Self::Update
+            }
             Method::POST => Self::Create,
             Method::PATCH | Method::PUT => Self::Update,
             Method::DELETE => Self::Delete,
@@ -68,7 +73,17 @@ pub struct Writes {
 impl Writes {
     /// Whether anything changed.
     pub fn any(&self) -> bool {
-        self.created + self.updated + self.deleted > 0
+        self.records() > 0
+    }
+
+    /// Rows written, at least 1: what an operation costs in execution time (a bulk action pays for
+    /// each of its records).
+    pub fn cost(&self) -> u32 {
+        u32::try_from(self.records()).unwrap_or(u32::MAX).max(1)
+    }
+
+    fn records(&self) -> u64 {
+        self.created + self.updated + self.deleted
     }
 }
 
@@ -187,6 +202,38 @@ pub fn execute(
                 "OrganizationId": "00000000-0000-0000-0000-00000000a6a6",
             });
             Ok(plain(ApiResponse::odata(StatusCode::OK).odata_json(&body)))
+        }
+        Resource::BulkAction { set, action } if method == Method::POST => {
+            let body = json_body(request, &set)?;
+            let done = bulk::run(store, &set, action, body, undo)?;
+            let writes = Writes {
+                created: done.created,
+                updated: done.updated,
+                deleted: 0,
+            };
+            let response = if action == BulkAction::Create {
+                let ids: Vec<String> = done.ids.iter().map(ToString::to_string).collect();
+                let body = json!({
+                    "@odata.context": format!("{}$metadata#Microsoft.Dynamics.CRM.CreateMultipleResponse", ctx.base_url),
+                    "Ids": ids,
+                });
+                ApiResponse::odata(StatusCode::OK).odata_json(&body)
+            } else {
+                // The documented answer of UpdateMultiple and UpsertMultiple: no body.
+                ApiResponse::odata(StatusCode::NO_CONTENT)
+            };
+            Ok(Outcome {
+                response,
+                writes,
+                entity_path: None,
+            })
+        }
+        Resource::EntityDefinitions { key } if method == Method::GET => {
+            let response = match key {
+                None => metadata::query(store, ctx.base_url, request.query)?,
+                Some(key) => metadata::retrieve(store, ctx.base_url, &key, request.query)?,
+            };
+            Ok(plain(response))
         }
         Resource::Metadata => Err(ApiError::NotSupported("The $metadata document".to_owned())),
         Resource::Batch => Err(ApiError::MalformedBatch(

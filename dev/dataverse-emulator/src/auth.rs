@@ -137,7 +137,7 @@ impl Tokens {
             "exp": now_secs + lifetime_secs,
             "appid": client_id,
             "tid": tenant,
-            "jti": crate::store::Guid::new_random().to_string(),
+            "jti": crate::values::Guid::new_random().to_string(),
         });
         let nonce: [u8; 24] = rand::random();
         let token = format!(

@@ -287,7 +287,7 @@ pub enum ResponseItem {
 
 /// Writes the multipart answer; returns the boundary and the body.
 pub fn render(items: &[ResponseItem]) -> (String, Vec<u8>) {
-    let boundary = format!("batchresponse_{}", crate::store::Guid::new_random());
+    let boundary = format!("batchresponse_{}", crate::values::Guid::new_random());
     let mut out = String::new();
     for item in items {
         out.push_str(&format!("--{boundary}\r\n"));
@@ -296,7 +296,7 @@ pub fn render(items: &[ResponseItem]) -> (String, Vec<u8>) {
                 write_part(&mut out, content_id.as_deref(), response)
             }
             ResponseItem::ChangeSet(parts) => {
-                let changeset = format!("changesetresponse_{}", crate::store::Guid::new_random());
+                let changeset = format!("changesetresponse_{}", crate::values::Guid::new_random());
                 out.push_str(&format!(
                     "Content-Type: multipart/mixed; boundary={changeset}\r\n\r\n"
                 ));

@@ -9,6 +9,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::values::Guid;
+
+/// Columns every row has and no write changes; a table cannot declare them.
+pub const SYSTEM_COLUMNS: &[&str] = &["createdon", "modifiedon", "versionnumber"];
+
 /// Everything the emulator needs to start. `Config::default()` is the documented default set-up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -229,7 +234,7 @@ impl TableConfig {
                 self.primary_key
             );
         }
-        for reserved in crate::store::SYSTEM_COLUMNS {
+        for reserved in SYSTEM_COLUMNS {
             if self.columns.contains_key(*reserved) {
                 bail!("{at}.columns: '{reserved}' is a system column and cannot be declared");
             }
@@ -300,6 +305,28 @@ impl ColumnConfig {
         }
     }
 
+    /// Whether a value has the JSON type its column needs (`null` always does); the error says why not.
+    pub fn check_value_type(&self, value: &Value) -> Result<(), String> {
+        let ok = match (self.kind, value) {
+            (_, Value::Null) => true,
+            (ColumnType::String | ColumnType::Memo, Value::String(_)) => true,
+            (ColumnType::Integer | ColumnType::Choice, Value::Number(n)) => {
+                n.as_i64().is_some_and(|i| i32::try_from(i).is_ok())
+            }
+            (ColumnType::BigInt, Value::Number(n)) => n.as_i64().is_some(),
+            (ColumnType::Decimal, Value::Number(_)) => true,
+            (ColumnType::Boolean, Value::Bool(_)) => true,
+            (ColumnType::Guid, Value::String(s)) => Guid::parse(s).is_some(),
+            (ColumnType::DateTime, Value::String(s)) => looks_like_date(s),
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("expected {} but got {value}", self.kind.edm()))
+        }
+    }
+
     /// Sets the maximum text length.
     pub fn max_length(mut self, max: usize) -> Self {
         self.max_length = Some(max);
@@ -328,7 +355,7 @@ impl ColumnConfig {
 
     fn validate(&self, at: &str) -> anyhow::Result<()> {
         if let Some(default) = &self.default
-            && let Err(reason) = crate::store::check_value_type(self, default)
+            && let Err(reason) = self.check_value_type(default)
         {
             anyhow::bail!("{at}.default: {reason}");
         }
@@ -337,6 +364,17 @@ impl ColumnConfig {
         }
         Ok(())
     }
+}
+
+/// Whether text starts with a `YYYY-MM-DD` date.
+fn looks_like_date(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() >= 10
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..7].iter().all(u8::is_ascii_digit)
+        && b[7] == b'-'
+        && b[8..10].iter().all(u8::is_ascii_digit)
 }
 
 /// Column types, named as in Dataverse.

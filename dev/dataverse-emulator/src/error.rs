@@ -2,11 +2,12 @@
 //! error shape (`{"error":{"code":"0x…","message":"…"}}`) for the Web API, Entra ID's shape for the token
 //! endpoint. Handlers, the batch executor and the admin API all answer errors through [`ApiError::render`].
 
-use http::{HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderName, StatusCode, header};
 use serde_json::json;
 
 use crate::config::ThrottleKind;
 use crate::response::ApiResponse;
+use crate::values::{Guid, iso_now};
 
 /// Everything that can go wrong in a request. The variant decides the status, the code and the message.
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +36,18 @@ pub enum ApiError {
     /// A property named in `$select`, `$filter` or `$orderby` that the table does not have.
     #[error("Could not find a property named '{column}' on type 'Microsoft.Dynamics.CRM.{entity}'.")]
     UnknownProperty { entity: String, column: String },
+    /// A message parameter that is missing or breaks the message's rules.
+    #[error("{0}")]
+    InvalidArgument(String),
     /// A `$batch` body that cannot be parsed, or breaks a batch rule.
     #[error("{0}")]
     MalformedBatch(String),
     /// A path segment naming nothing the service has.
     #[error("Resource not found for the segment '{0}'.")]
     ResourceNotFound(String),
+    /// No table definition with this logical name or `MetadataId`.
+    #[error("{0}")]
+    DefinitionNotFound(String),
     /// No row with this primary key.
     #[error("{entity} With Id = {id} Does Not Exist")]
     RowNotFound { entity: String, id: String },
@@ -112,9 +119,10 @@ impl ApiError {
             }
             Validation(_) => (StatusCode::BAD_REQUEST, "0x80044331"),
             BadUrl(_) | UnknownProperty { .. } => (StatusCode::BAD_REQUEST, "0x80060888"),
-            MalformedBatch(_) | Admin(_) => (StatusCode::BAD_REQUEST, "0x80040203"),
+            MalformedBatch(_) | Admin(_) | InvalidArgument(_) => (StatusCode::BAD_REQUEST, "0x80040203"),
             ResourceNotFound(_) => (StatusCode::NOT_FOUND, "0x80060888"),
             RowNotFound { .. } | KeyNotFound { .. } => (StatusCode::NOT_FOUND, "0x80040217"),
+            DefinitionNotFound(_) => (StatusCode::NOT_FOUND, "0x80041102"),
             DuplicateKey { .. } => (StatusCode::PRECONDITION_FAILED, "0x80060892"),
             DuplicateId | AlreadyExists => (StatusCode::PRECONDITION_FAILED, "0x80040237"),
             VersionMismatch => (StatusCode::PRECONDITION_FAILED, "0x80060882"),
@@ -147,14 +155,14 @@ impl ApiError {
             } => {
                 // Entra ID's error body: `error`, `error_description` starting with the AADSTS number,
                 // `error_codes`, and correlation fields.
-                let trace = crate::store::Guid::new_random().to_string();
+                let trace = Guid::new_random().to_string();
                 let body = json!({
                     "error": error,
                     "error_description": format!("AADSTS{aadsts}: {description} Trace ID: {trace}"),
                     "error_codes": [aadsts],
-                    "timestamp": crate::store::iso_now(),
+                    "timestamp": iso_now(),
                     "trace_id": trace,
-                    "correlation_id": crate::store::Guid::new_random().to_string(),
+                    "correlation_id": Guid::new_random().to_string(),
                 });
                 return response.json_body(&body, "application/json; charset=utf-8");
             }
@@ -188,18 +196,6 @@ impl axum::response::IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
         self.render().into_response()
     }
-}
-
-/// A header value built from text that may hold bytes a header cannot; such bytes become `?`.
-pub(crate) fn header_value(text: &str) -> HeaderValue {
-    HeaderValue::from_str(text).unwrap_or_else(|_| {
-        let cleaned: String = text
-            .chars()
-            .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
-            .collect();
-        // Only visible ASCII and spaces remain, which a header value always accepts.
-        HeaderValue::from_str(&cleaned).unwrap_or_else(|_| HeaderValue::from_static("?"))
-    })
 }
 
 #[cfg(test)]

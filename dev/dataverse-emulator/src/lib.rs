@@ -6,28 +6,36 @@
 //!
 //! Modules, from the wire inwards:
 //! * `server` — routes and the request pipeline (token → limits → faults → execute → latency → persist),
-//!   `$batch` execution, the token endpoint and the admin API under `/_admin/`.
+//!   split by concern: `listener`, `web_api`, `batch_exec`, `token`, `admin`, `state`.
 //! * `batch` — the `multipart/mixed` batch format: parsing, URL and `Content-ID` resolution, rendering.
 //! * `api` — one Web API operation against the store, with the documented answers.
+//! * `bulk` — `CreateMultiple`, `UpdateMultiple` and `UpsertMultiple`, each one transaction.
+//! * `metadata` — table definitions (`EntityDefinitions`) answered from the configured tables.
 //! * `odata` — URL parsing: key segments, `$select`/`$filter`/`$top`/`$count`/`$orderby`.
 //! * `store` — tables, rows, alternate-key indexes, row versions and the write rules, with undo.
 //! * `auth`, `limits`, `faults`, `stats`, `persist` — tokens, service protection, fault injection,
 //!   counters and the snapshot file.
 //! * `error` — the one error type and its one rendering into Dataverse's (or Entra ID's) error shape.
+//! * `response` — the transport-neutral answer (status, headers, body) that errors and operations produce.
+//! * `config` — the settings and the table schema rules (system columns, value types).
+//! * `values` — GUIDs and timestamps in Dataverse's formats; a leaf every other module may use.
 
 mod api;
 mod auth;
 mod batch;
+mod bulk;
 pub mod config;
 mod error;
 mod faults;
 mod limits;
+mod metadata;
 mod odata;
 mod persist;
 mod response;
 mod server;
 mod stats;
 mod store;
+mod values;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -8,7 +8,8 @@ use serde_json::Value;
 
 use crate::config::ColumnType;
 use crate::error::ApiError;
-use crate::store::{Guid, Row, Store, Table, Target};
+use crate::store::{Row, Store, Table, Target};
+use crate::values::Guid;
 
 /// Web API versions served; all behave as v9.2 (answers echo the version the request used).
 pub const VERSIONS: &[&str] = &["v9.0", "v9.1", "v9.2"];
@@ -41,6 +42,10 @@ pub enum Resource {
         target: Target,
         segment: String,
     },
+    /// A bulk action bound to an entity set: `contacts/Microsoft.Dynamics.CRM.CreateMultiple`.
+    BulkAction { set: String, action: BulkAction },
+    /// Table definitions: `EntityDefinitions`, or one of them with `key`.
+    EntityDefinitions { key: Option<DefinitionKey> },
     /// One column of one row: `contacts(<key>)/lastname`.
     Property {
         set: String,
@@ -48,6 +53,87 @@ pub enum Resource {
         segment: String,
         column: String,
     },
+}
+
+/// The bulk operation messages, bound to an entity set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkAction {
+    /// `CreateMultiple`: creates every record, answers their ids.
+    Create,
+    /// `UpdateMultiple`: updates existing records.
+    Update,
+    /// `UpsertMultiple`: creates or updates each record.
+    Upsert,
+}
+
+impl BulkAction {
+    /// The action named by a path segment such as `Microsoft.Dynamics.CRM.CreateMultiple`.
+    pub fn from_segment(segment: &str) -> Option<Self> {
+        match segment.strip_prefix("Microsoft.Dynamics.CRM.")? {
+            "CreateMultiple" => Some(Self::Create),
+            "UpdateMultiple" => Some(Self::Update),
+            "UpsertMultiple" => Some(Self::Upsert),
+            _ => None,
+        }
+    }
+
+    /// The action's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Create => "CreateMultiple",
+            Self::Update => "UpdateMultiple",
+            Self::Upsert => "UpsertMultiple",
+        }
+    }
+}
+
+/// How `EntityDefinitions(…)` names a table definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefinitionKey {
+    /// `LogicalName='contact'`.
+    LogicalName(String),
+    /// A bare `MetadataId` GUID, or `MetadataId=<guid>`.
+    MetadataId(Guid),
+}
+
+/// Parses the path after `EntityDefinitions`: nothing, or one key segment.
+fn parse_definitions(rest: &str) -> Result<Resource, ApiError> {
+    if rest.is_empty() {
+        return Ok(Resource::EntityDefinitions { key: None });
+    }
+    let bad_key = || {
+        syntax_error(format!(
+            "'EntityDefinitions{rest}' is not a valid key; use EntityDefinitions(LogicalName='<name>') or EntityDefinitions(<MetadataId>)."
+        ))
+    };
+    let Some(inner) = rest.strip_prefix('(') else {
+        return Err(ApiError::ResourceNotFound(
+            rest.trim_start_matches('/').to_owned(),
+        ));
+    };
+    let close = matching_paren(rest).ok_or_else(bad_key)?;
+    let after = &rest[close + 1..];
+    if !after.is_empty() {
+        return Err(ApiError::NotSupported(format!(
+            "The path segment '{}' after a table definition",
+            after.trim_start_matches('/')
+        )));
+    }
+    let inner = inner[..close - 1].trim();
+    let (name, value) = inner.split_once('=').unwrap_or(("", inner));
+    let key = match name.trim() {
+        "LogicalName" => {
+            let value = value.trim();
+            let text = value
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .ok_or_else(bad_key)?;
+            DefinitionKey::LogicalName(text.replace("''", "'"))
+        }
+        "" | "MetadataId" => DefinitionKey::MetadataId(Guid::parse(value.trim()).ok_or_else(bad_key)?),
+        _ => return Err(bad_key()),
+    };
+    Ok(Resource::EntityDefinitions { key: Some(key) })
 }
 
 /// Decodes `%XX` escapes; with `plus_is_space`, `+` becomes a space (query strings).
@@ -91,6 +177,9 @@ pub fn parse_path(path: &str, store: &Store) -> Result<Resource, ApiError> {
     }
     let name_end = path.find(['(', '/']).unwrap_or(path.len());
     let set = &path[..name_end];
+    if set == "EntityDefinitions" {
+        return parse_definitions(&path[name_end..]);
+    }
     let table = store.table(set)?;
     let rest = &path[name_end..];
     if rest.is_empty() {
@@ -98,6 +187,12 @@ pub fn parse_path(path: &str, store: &Store) -> Result<Resource, ApiError> {
     }
     if rest == "/$count" {
         return Ok(Resource::EntitySetCount { set: set.to_owned() });
+    }
+    if let Some(action) = rest.strip_prefix('/').and_then(BulkAction::from_segment) {
+        return Ok(Resource::BulkAction {
+            set: set.to_owned(),
+            action,
+        });
     }
     if let Some(after_slash) = rest.strip_prefix('/') {
         return Err(ApiError::ResourceNotFound(
@@ -429,21 +524,42 @@ pub struct QueryOptions {
     pub orderby: Vec<(String, bool)>,
 }
 
+/// The decoded `name=value` pairs of a raw query string, in order.
+pub fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    raw.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((percent_decode(name, true)?, percent_decode(value, true)?))
+        })
+        .collect()
+}
+
+/// The names of a `$select` list, each checked by `check`.
+pub fn select_list(
+    value: &str,
+    mut check: impl FnMut(&str) -> Result<(), ApiError>,
+) -> Result<Vec<String>, ApiError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .map(|name| check(name).map(|()| name.to_owned()))
+        .collect()
+}
+
+/// The error for a system query option a resource does not take.
+pub fn unsupported_option(name: &str) -> ApiError {
+    ApiError::BadUrl(format!("The query parameter {name} is not supported"))
+}
+
 /// Parses a raw query string against a table.
 pub fn parse_query(raw: Option<&str>, table: &Table) -> Result<QueryOptions, ApiError> {
     let mut options = QueryOptions::default();
-    let Some(raw) = raw else { return Ok(options) };
-    for pair in raw.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = percent_decode(name, true)?;
-        let value = percent_decode(value, true)?;
+    for (name, value) in query_pairs(raw)? {
         match name.as_str() {
             "$select" => {
-                let mut columns = Vec::new();
-                for column in value.split(',').map(str::trim) {
-                    check_property(table, column)?;
-                    columns.push(column.to_owned());
-                }
+                let columns = select_list(&value, |column| check_property(table, column).map(|_| ()))?;
                 options.select = Some(columns);
             }
             "$filter" => options.filter = Some(parse_filter(&value, table)?),
@@ -482,11 +598,7 @@ pub fn parse_query(raw: Option<&str>, table: &Table) -> Result<QueryOptions, Api
             "$expand" | "$apply" | "$search" => {
                 return Err(ApiError::NotSupported(format!("The {name} query option")));
             }
-            other if other.starts_with('$') => {
-                return Err(ApiError::BadUrl(format!(
-                    "The query parameter {other} is not supported"
-                )));
-            }
+            other if other.starts_with('$') => return Err(unsupported_option(other)),
             _ => {}
         }
     }

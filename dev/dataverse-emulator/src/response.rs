@@ -4,8 +4,6 @@
 use axum::response::IntoResponse;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 
-use crate::error::header_value;
-
 /// Status, headers and body of one answer.
 #[derive(Debug, Clone)]
 pub struct ApiResponse {
@@ -71,4 +69,16 @@ impl IntoResponse for ApiResponse {
         }
         response
     }
+}
+
+/// A header value built from text that may hold bytes a header cannot; such bytes become `?`.
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| {
+        let cleaned: String = text
+            .chars()
+            .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+            .collect();
+        // Only visible ASCII and spaces remain, which a header value always accepts.
+        HeaderValue::from_str(&cleaned).unwrap_or_else(|_| HeaderValue::from_static("?"))
+    })
 }

@@ -2,65 +2,10 @@
 //! to Create or Update a record", "Perform conditional operations"), sent as printed, with the
 //! documented statuses, headers and bodies checked. The tables are the ones the examples use.
 
-use std::collections::BTreeMap;
-
-use dataverse_emulator::{AlternateKeyConfig, ColumnConfig, ColumnType, Config, TableConfig};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{Env, header, send_documented};
-
-fn documented_tables() -> Config {
-    let mut config = Config::default();
-    let mut accounts = BTreeMap::new();
-    accounts.insert(
-        "name".to_owned(),
-        ColumnConfig::new(ColumnType::String).max_length(160),
-    );
-    accounts.insert(
-        "accountnumber".to_owned(),
-        ColumnConfig::new(ColumnType::String).max_length(20),
-    );
-    accounts.insert("creditonhold".to_owned(), ColumnConfig::new(ColumnType::Boolean));
-    accounts.insert(
-        "address1_latitude".to_owned(),
-        ColumnConfig::new(ColumnType::Decimal),
-    );
-    accounts.insert("description".to_owned(), ColumnConfig::new(ColumnType::Memo));
-    accounts.insert("revenue".to_owned(), ColumnConfig::new(ColumnType::Decimal));
-    accounts.insert(
-        "numberofemployees".to_owned(),
-        ColumnConfig::new(ColumnType::Integer),
-    );
-    accounts.insert(
-        "accountcategorycode".to_owned(),
-        ColumnConfig::new(ColumnType::Choice).options(&[1, 2]),
-    );
-    config.tables.push(TableConfig {
-        entity_set: "accounts".into(),
-        logical_name: "account".into(),
-        primary_key: "accountid".into(),
-        columns: accounts,
-        alternate_keys: vec![],
-        computed: BTreeMap::new(),
-    });
-    let mut records = BTreeMap::new();
-    records.insert("example_key1".to_owned(), ColumnConfig::new(ColumnType::Integer));
-    records.insert("example_key2".to_owned(), ColumnConfig::new(ColumnType::Integer));
-    records.insert("example_name".to_owned(), ColumnConfig::new(ColumnType::String));
-    config.tables.push(TableConfig {
-        entity_set: "example_records".into(),
-        logical_name: "example_record".into(),
-        primary_key: "example_recordid".into(),
-        columns: records,
-        alternate_keys: vec![AlternateKeyConfig {
-            name: "example_key".into(),
-            columns: vec!["example_key1".into(), "example_key2".into()],
-        }],
-        computed: BTreeMap::new(),
-    });
-    config
-}
+use crate::support::{Env, documented_tables, header, send_documented};
 
 #[tokio::test]
 async fn create_a_table_row_basic_create_and_create_with_data_returned() {

@@ -5,6 +5,8 @@ mod support;
 
 mod admin_and_faults;
 mod batch;
+mod bulk;
+mod definitions;
 mod documented;
 mod limits;
 mod process;

@@ -1,10 +1,13 @@
 //! Helpers: an emulator on 127.0.0.1:0 with a client and a token, condition waits with deadlines, and
-//! an independent reader of multipart batch answers.
+//! an independent reader of multipart batch answers, and the tables of Microsoft's documented examples.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use dataverse_emulator::{Config, Running, Secret};
+use dataverse_emulator::{
+    AlternateKeyConfig, ColumnConfig, ColumnType, Config, Running, Secret, TableConfig,
+};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -324,4 +327,75 @@ pub fn contact_key(customer: &str) -> String {
 
 pub fn contact(first: &str, last: &str) -> Value {
     json!({"firstname": first, "lastname": last})
+}
+
+/// The default tables plus the ones Microsoft's documented examples use: `accounts`, `example_records`
+/// (alternate key of two whole numbers) and `sample_examples` (alternate key `sample_keyattribute`).
+pub fn documented_tables() -> Config {
+    let mut config = Config::default();
+    let mut accounts = BTreeMap::new();
+    accounts.insert(
+        "name".to_owned(),
+        ColumnConfig::new(ColumnType::String).max_length(160),
+    );
+    accounts.insert(
+        "accountnumber".to_owned(),
+        ColumnConfig::new(ColumnType::String).max_length(20),
+    );
+    accounts.insert("creditonhold".to_owned(), ColumnConfig::new(ColumnType::Boolean));
+    accounts.insert(
+        "address1_latitude".to_owned(),
+        ColumnConfig::new(ColumnType::Decimal),
+    );
+    accounts.insert("description".to_owned(), ColumnConfig::new(ColumnType::Memo));
+    accounts.insert("revenue".to_owned(), ColumnConfig::new(ColumnType::Decimal));
+    accounts.insert(
+        "numberofemployees".to_owned(),
+        ColumnConfig::new(ColumnType::Integer),
+    );
+    accounts.insert(
+        "accountcategorycode".to_owned(),
+        ColumnConfig::new(ColumnType::Choice).options(&[1, 2]),
+    );
+    config.tables.push(TableConfig {
+        entity_set: "accounts".into(),
+        logical_name: "account".into(),
+        primary_key: "accountid".into(),
+        columns: accounts,
+        alternate_keys: vec![],
+        computed: BTreeMap::new(),
+    });
+    let mut records = BTreeMap::new();
+    records.insert("example_key1".to_owned(), ColumnConfig::new(ColumnType::Integer));
+    records.insert("example_key2".to_owned(), ColumnConfig::new(ColumnType::Integer));
+    records.insert("example_name".to_owned(), ColumnConfig::new(ColumnType::String));
+    config.tables.push(TableConfig {
+        entity_set: "example_records".into(),
+        logical_name: "example_record".into(),
+        primary_key: "example_recordid".into(),
+        columns: records,
+        alternate_keys: vec![AlternateKeyConfig {
+            name: "example_key".into(),
+            columns: vec!["example_key1".into(), "example_key2".into()],
+        }],
+        computed: BTreeMap::new(),
+    });
+    let mut samples = BTreeMap::new();
+    samples.insert("sample_name".to_owned(), ColumnConfig::new(ColumnType::String));
+    samples.insert(
+        "sample_keyattribute".to_owned(),
+        ColumnConfig::new(ColumnType::String),
+    );
+    config.tables.push(TableConfig {
+        entity_set: "sample_examples".into(),
+        logical_name: "sample_example".into(),
+        primary_key: "sample_exampleid".into(),
+        columns: samples,
+        alternate_keys: vec![AlternateKeyConfig {
+            name: "sample_keyattribute_key".into(),
+            columns: vec!["sample_keyattribute".into()],
+        }],
+        computed: BTreeMap::new(),
+    });
+    config
 }
