@@ -37,9 +37,13 @@ pub enum GatewayError {
     /// Source address not in `allow_ips`: 403.
     #[error("source address {0} is not allowed")]
     Forbidden(String),
+    /// The verified event's record is over the producer's or the broker's record limit: 413.
+    /// Retrying cannot help; counted in `gateway_events_too_large_total`.
+    #[error("event record is {size} bytes, over the limit of {limit} bytes")]
+    RecordTooLarge { size: usize, limit: usize },
     /// Kafka or the registry could not take the write: 503, Stripe retries.
     #[error("event could not be written: {0}")]
-    Unavailable(#[from] SinkError),
+    Unavailable(SinkError),
     /// `limits.max_in_flight` reached: 503.
     #[error("too many requests in flight")]
     Overloaded,
@@ -48,13 +52,24 @@ pub enum GatewayError {
     Timeout(std::time::Duration),
 }
 
+impl From<SinkError> for GatewayError {
+    fn from(e: SinkError) -> Self {
+        match e {
+            SinkError::TooLarge { size, limit } => GatewayError::RecordTooLarge { size, limit },
+            e => GatewayError::Unavailable(e),
+        }
+    }
+}
+
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::Signature(_) | GatewayError::Body(_) | GatewayError::BodyRead(_) => {
                 StatusCode::BAD_REQUEST
             }
-            GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::TooLarge { .. } | GatewayError::RecordTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -68,7 +83,7 @@ impl GatewayError {
         match self {
             GatewayError::Signature(_) => Outcome::BadSignature,
             GatewayError::Body(_) | GatewayError::BodyRead(_) => Outcome::BadRequest,
-            GatewayError::TooLarge { .. } => Outcome::TooLarge,
+            GatewayError::TooLarge { .. } | GatewayError::RecordTooLarge { .. } => Outcome::TooLarge,
             GatewayError::UnsupportedMediaType => Outcome::UnsupportedMediaType,
             GatewayError::MethodNotAllowed => Outcome::MethodNotAllowed,
             GatewayError::Forbidden(_) => Outcome::Forbidden,
@@ -85,6 +100,9 @@ impl GatewayError {
             GatewayError::Body(e) => e.to_string(),
             GatewayError::BodyRead(_) => "Request body could not be read".into(),
             GatewayError::TooLarge { limit } => format!("Request body is larger than {limit} bytes"),
+            GatewayError::RecordTooLarge { size, limit } => format!(
+                "Event is too large to store: its record would be {size} bytes, over the broker limit of {limit} bytes"
+            ),
             GatewayError::UnsupportedMediaType => "Content-Type must be application/json".into(),
             GatewayError::MethodNotAllowed => "Method not allowed; use POST".into(),
             GatewayError::Forbidden(_) => "Source address is not allowed".into(),
@@ -115,6 +133,13 @@ impl GatewayError {
                 "event not written; answering 503 so Stripe retries"
             ),
             GatewayError::Timeout(_) => tracing::warn!(outcome, error = %self, "answering 503"),
+            GatewayError::RecordTooLarge { size, limit } => tracing::error!(
+                outcome,
+                size,
+                limit,
+                "verified event too large for the broker; answering 413 (raise limits.max_body \
+                 and the topic's max.message.bytes to store it)"
+            ),
             // Counted in the metrics; a line per refused request would add to the overload.
             GatewayError::Overloaded => tracing::debug!(outcome, "answering 503"),
             _ => tracing::info!(outcome, error = %self, "webhook request refused"),

@@ -255,6 +255,7 @@ impl AppState {
                                         "event written"
                                     );
                                 }
+                                Err(SinkError::TooLarge { .. }) => metrics.event_too_large(),
                                 Err(e) => metrics.write_failure(e.dependency()),
                             }
                             result

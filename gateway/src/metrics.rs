@@ -99,6 +99,8 @@ pub struct Metrics {
     request_duration: Histogram,
     in_flight: Gauge,
     duplicates: Counter,
+    /// Verified events answered 413 because their record is over the broker's limit.
+    events_too_large: Counter,
 }
 
 impl Metrics {
@@ -116,6 +118,7 @@ impl Metrics {
             request_duration: Histogram::new(buckets),
             in_flight: Gauge::default(),
             duplicates: Counter::default(),
+            events_too_large: Counter::default(),
         };
         registry.register(
             "requests",
@@ -154,6 +157,11 @@ impl Metrics {
             "Deliveries of an event already accepted, answered without writing",
             m.duplicates.clone(),
         );
+        registry.register(
+            "events_too_large",
+            "Verified events refused with 413 because their record is over the broker's limit",
+            m.events_too_large.clone(),
+        );
         // Every series exists from the start, so rates and alerts work before the first event.
         for outcome in Outcome::ALL {
             let _ = m.requests.get_or_create(&OutcomeLabel {
@@ -191,6 +199,10 @@ impl Metrics {
         self.write_failures
             .get_or_create(&DependencyLabel { dependency })
             .inc();
+    }
+
+    pub fn event_too_large(&self) {
+        self.events_too_large.inc();
     }
 
     pub fn produced(&self, seconds: f64) {

@@ -46,9 +46,14 @@ pub async fn run(
     };
     let codec = Codec::new(&config.registry.codec_config())
         .context("setting `registry`: cannot create the schema registry client")?;
-    let sink = KafkaSink::connect(&config.kafka, config.produce_timeout(), codec, &config.topic)
-        .await
-        .context("setting `kafka`: cannot create the Kafka producer")?;
+    let sink = KafkaSink::connect(
+        &config.producer_kafka(),
+        config.produce_timeout(),
+        codec,
+        &config.topic,
+    )
+    .await
+    .context("setting `kafka`: cannot create the Kafka producer")?;
 
     // Cancelled (used as a set-once flag) once the topic and schema are prepared.
     let prepared = CancellationToken::new();
@@ -151,7 +156,12 @@ async fn prepare(
                 name: config.topic.clone(),
                 partitions: config.topic_partitions,
                 replication: config.topic_replication,
-                config: Default::default(),
+                // Kafka's default topic limit (1 MiB + 12) is below what the producer may send.
+                config: [(
+                    "max.message.bytes".to_string(),
+                    config.message_max_bytes().to_string(),
+                )]
+                .into(),
             };
             match common::kafka::ensure_topics(&config.kafka, &[spec], "topic_replication").await {
                 Ok(()) => topic_ready = true,

@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode as Code},
+    message::{Headers, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
 };
 use schemas::{Codec, CodecError, StripeEvent};
@@ -48,6 +49,10 @@ pub enum SinkError {
     KafkaTimeout,
     #[error("the producer was shut down before the delivery report")]
     ProducerGone,
+    /// The encoded record is over the producer's `message.max.bytes` (checked before producing)
+    /// or the broker refused it as too large. The same record will be refused again: 413.
+    #[error("the record is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
     /// The write task ended without a result (it panicked or was cancelled).
     #[error("the write ended without a result: {0}")]
     Aborted(String),
@@ -58,7 +63,10 @@ impl SinkError {
     pub fn dependency(&self) -> &'static str {
         match self {
             SinkError::Registry(_) | SinkError::RegistryTimeout => "schema_registry",
-            SinkError::Kafka(_) | SinkError::KafkaTimeout | SinkError::ProducerGone => "kafka",
+            SinkError::Kafka(_)
+            | SinkError::KafkaTimeout
+            | SinkError::ProducerGone
+            | SinkError::TooLarge { .. } => "kafka",
             SinkError::Aborted(_) => "internal",
         }
     }
@@ -102,6 +110,8 @@ struct SinkInner {
     delivery_timeout: Duration,
     codec: Codec,
     topic: String,
+    /// The producer's `message.max.bytes`: a record over it is refused before producing.
+    max_record: usize,
     /// A replacement is being made; others wait for it instead of starting their own.
     replacing: AtomicBool,
     /// When the producer was last replaced; replacements after refusals are spaced by
@@ -138,6 +148,7 @@ impl KafkaSink {
                 delivery_timeout,
                 codec,
                 topic: topic.into(),
+                max_record: max_record(kafka),
                 replacing: AtomicBool::new(false),
                 last_reset: Mutex::new(None),
                 resets: Counter::default(),
@@ -177,6 +188,13 @@ impl KafkaSink {
             .map_err(|_| SinkError::RegistryTimeout)?
             .map_err(SinkError::Registry)?;
         let headers = common::kafka::trace_headers(&common::kafka::current_context());
+        let size = record_size(event.key(), &payload, &headers);
+        if size > inner.max_record {
+            return Err(SinkError::TooLarge {
+                size,
+                limit: inner.max_record,
+            });
+        }
         let record = FutureRecord::to(&inner.topic)
             .key(event.key())
             .payload(&payload)
@@ -192,7 +210,7 @@ impl KafkaSink {
             if fatal || refuses_producer_state(&e) {
                 self.replace_producer(generation, &e.to_string(), true);
             }
-            SinkError::Kafka(e)
+            too_large(e, size, inner.max_record)
         })?;
         // The producer's own delivery timeout is `budget` from now; waiting a little longer
         // lets its definite answer arrive first, so a 503 here rarely hides a late success.
@@ -207,7 +225,7 @@ impl KafkaSink {
                 if timed_out || refuses_producer_state(&e) {
                     self.replace_producer(generation, &e.to_string(), !timed_out);
                 }
-                Err(SinkError::Kafka(e))
+                Err(too_large(e, size, inner.max_record))
             }
             Ok(Ok(Ok(delivery))) => Ok(Written {
                 partition: delivery.partition,
@@ -276,6 +294,39 @@ async fn create_producer(
     tokio::task::spawn_blocking(move || common::kafka::producer(&kafka, CLIENT_ID, delivery_timeout))
         .await
         .unwrap_or(Err(KafkaError::Canceled))
+}
+
+/// librdkafka's `message.max.bytes` when the settings do not name one.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// The largest record the producer built from `kafka` takes.
+fn max_record(kafka: &KafkaSettings) -> usize {
+    kafka
+        .properties
+        .get(crate::config::MESSAGE_MAX_BYTES)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(LIBRDKAFKA_MESSAGE_MAX_BYTES)
+}
+
+/// librdkafka's bound on one message's framing beside key, value and headers: the v2 record
+/// batch header (61 bytes) plus the largest per-record varints (36), rounded up.
+const RECORD_FRAMING: usize = 128;
+
+/// The size librdkafka compares with `message.max.bytes` when a record is enqueued, at most.
+pub fn record_size(key: &str, payload: &[u8], headers: &OwnedHeaders) -> usize {
+    let headers: usize = headers
+        .iter()
+        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + 10)
+        .sum();
+    RECORD_FRAMING + key.len() + payload.len() + headers
+}
+
+/// A refusal of the record's size (by the client or the broker's topic limit) is [`SinkError::TooLarge`].
+fn too_large(e: KafkaError, size: usize, limit: usize) -> SinkError {
+    match e.rdkafka_error_code() {
+        Some(Code::MessageSizeTooLarge | Code::MessageBatchTooLarge) => SinkError::TooLarge { size, limit },
+        _ => SinkError::Kafka(e),
+    }
 }
 
 /// The producer's `client.id`.
@@ -358,5 +409,37 @@ fn broker_ready(producer: &FutureProducer, topic: &str) -> Result<(), String> {
             "topic {topic} not found (metadata in {:?})",
             started.elapsed()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_measured_as_librdkafka_measures_it_at_most() {
+        let headers = OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: "traceparent",
+            value: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        });
+        let size = record_size("cus_1", &[0u8; 1000], &headers);
+        assert_eq!(size, RECORD_FRAMING + 5 + 1000 + 11 + 55 + 10);
+        let mut kafka = KafkaSettings::default();
+        assert_eq!(max_record(&kafka), 1_000_000, "librdkafka's default");
+        kafka
+            .properties
+            .insert("message.max.bytes".into(), "2000000".into());
+        assert_eq!(max_record(&kafka), 2_000_000);
+    }
+
+    #[test]
+    fn a_size_refusal_is_too_large_and_other_errors_stay_kafka_errors() {
+        let refused = KafkaError::MessageProduction(Code::MessageSizeTooLarge);
+        assert!(matches!(
+            too_large(refused, 10, 5),
+            SinkError::TooLarge { size: 10, limit: 5 }
+        ));
+        let down = KafkaError::MessageProduction(Code::BrokerTransportFailure);
+        assert!(matches!(too_large(down, 10, 5), SinkError::Kafka(_)));
     }
 }

@@ -29,6 +29,8 @@ struct FakeSink {
     written: Mutex<Vec<StripeEvent>>,
     calls: AtomicUsize,
     fail: AtomicBool,
+    /// Refuse every record as over the broker's limit.
+    too_large: AtomicBool,
     gate: Semaphore,
 }
 
@@ -38,6 +40,7 @@ impl FakeSink {
             written: Mutex::new(Vec::new()),
             calls: AtomicUsize::new(0),
             fail: AtomicBool::new(false),
+            too_large: AtomicBool::new(false),
             gate: Semaphore::new(Semaphore::MAX_PERMITS),
         })
     }
@@ -70,6 +73,12 @@ impl Sink for FakeSink {
             if self.fail.load(Ordering::SeqCst) {
                 // An internal detail that must never reach the caller.
                 return Err(SinkError::Aborted("broker-7.internal:9092 refused".into()));
+            }
+            if self.too_large.load(Ordering::SeqCst) {
+                return Err(SinkError::TooLarge {
+                    size: 1_100_000,
+                    limit: 1_064_960,
+                });
             }
             let mut written = self.written.lock().unwrap();
             written.push(event.record().clone());
@@ -368,6 +377,28 @@ async fn concurrent_duplicates_write_once() {
     }
     assert_eq!(sink.calls.load(Ordering::SeqCst), 1);
     assert_eq!(sink.written().len(), 1);
+}
+
+#[tokio::test]
+async fn a_verified_event_over_the_record_limit_is_413_and_counted() {
+    let sink = FakeSink::new();
+    let app = router(&config(), sink.clone());
+    sink.too_large.store(true, Ordering::SeqCst);
+    let (status, headers, json) = send(&app, signed(&event_body("evt_big", "x"))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{json}");
+    assert!(!headers.contains_key("retry-after"));
+    assert_eq!(
+        json["error"],
+        "Event is too large to store: its record would be 1100000 bytes, over the broker limit of 1064960 bytes"
+    );
+    let metrics = metrics_text(&app).await;
+    for line in [
+        "gateway_events_too_large_total 1",
+        r#"gateway_requests_total{outcome="too_large"} 1"#,
+        r#"gateway_write_failures_total{dependency="kafka"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
 }
 
 async fn send_owned(app: Router, request: Request<Body>) -> StatusCode {

@@ -263,6 +263,53 @@ async fn a_signed_event_becomes_exactly_one_decodable_record() {
     gw.stop(Duration::from_secs(15)).await;
 }
 
+/// A signed event of exactly `size` bytes: `event_body` with a padded metadata value.
+fn event_of_size(id: &str, customer: &str, size: usize) -> String {
+    let base = event_body(id, customer).replacen("\"email\": null", "\"metadata\": {\"pad\": \"\"}", 1);
+    let pad = size.checked_sub(base.len()).expect("size above the base event");
+    let body = base.replacen("\"pad\": \"\"", &format!("\"pad\": \"{}\"", "x".repeat(pad)), 1);
+    assert_eq!(body.len(), size);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_event_near_the_body_limit_is_stored_and_one_over_it_is_413() {
+    let env = TestEnv::start().await.unwrap();
+    let topic = unique("stripe.events");
+    let c = config(&env, &topic);
+    assert_eq!(c.limits.max_body, 1 << 20);
+    let gw = Gateway::start_ready(c).await;
+
+    // Over librdkafka's default `message.max.bytes` (1000000) once framed: refused on every
+    // delivery unless the producer's limit is derived from the body limit.
+    let body = event_of_size("evt_large", "cus_large", 990 * 1024);
+    let (status, _, json) = gw.post(&body).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["id"], "evt_large");
+
+    let over = event_of_size("evt_over", "cus_large", (1 << 20) + 1);
+    let (status, retry_after, json) = gw.post(&over).await;
+    assert_eq!(status, 413, "{json}");
+    assert_eq!(json["error"], "Request body is larger than 1048576 bytes");
+    assert!(retry_after.is_none());
+
+    assert_eq!(gw.post(&event_body("evt_sentinel", "cus_x")).await.0, 200);
+    let records = read_until(&env, &topic, "evt_sentinel").await;
+    assert_eq!(count(&records, "evt_over"), 0);
+    let stored = records
+        .iter()
+        .find(|r| r.event.event_id == "evt_large")
+        .expect("the large event is in the topic");
+    assert_eq!(stored.event.raw_body, body.as_bytes(), "raw bytes intact");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"gateway_requests_total{outcome="too_large"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gateway_events_too_large_total 0"), "{metrics}");
+    gw.stop(Duration::from_secs(15)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_delivered_twice_is_one_record() {
     let env = TestEnv::start().await.unwrap();
