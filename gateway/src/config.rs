@@ -126,8 +126,16 @@ impl Default for WebhookSettings {
 pub struct Limits {
     /// Largest accepted body, bytes. Default 1 MiB (Stripe events are a few KiB).
     pub max_body: usize,
-    /// Webhook requests handled at once; more are answered 503 at once. Default 256.
+    /// Verified webhook requests being written at once; more are answered 503 at once. Default
+    /// 256. Taken only once the body is read and its signature verified, so slow or unsigned
+    /// uploads never hold one.
     pub max_in_flight: usize,
+    /// A client must send a request's headers within this; then the connection is closed.
+    /// Default 10 s.
+    pub header_read_timeout: HumanDuration,
+    /// A client must send the whole body within this, from the end of its headers; then 408.
+    /// Default 10 s. Must be less than `request_timeout`.
+    pub body_read_timeout: HumanDuration,
     /// Bound on one webhook request, body upload included; then 503. Default 15 s. Must be under
     /// Stripe's 30 s.
     pub request_timeout: HumanDuration,
@@ -144,6 +152,8 @@ impl Default for Limits {
         Limits {
             max_body: 1024 * 1024,
             max_in_flight: 256,
+            header_read_timeout: HumanDuration::secs(10),
+            body_read_timeout: HumanDuration::secs(10),
             request_timeout: HumanDuration::secs(15),
             produce_timeout: HumanDuration::secs(10),
             shutdown_timeout: HumanDuration::secs(20),
@@ -229,6 +239,24 @@ impl Settings for GatewayConfig {
         self.validate_record_size()?;
         if l.max_in_flight == 0 {
             return Err(ConfigError::invalid("limits.max_in_flight", "must be at least 1"));
+        }
+        if l.header_read_timeout.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "limits.header_read_timeout",
+                "must be above zero",
+            ));
+        }
+        if l.body_read_timeout.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "limits.body_read_timeout",
+                "must be above zero",
+            ));
+        }
+        if l.body_read_timeout >= l.request_timeout {
+            return Err(ConfigError::invalid(
+                "limits.body_read_timeout",
+                format!("must be less than limits.request_timeout ({})", l.request_timeout),
+            ));
         }
         if l.produce_timeout.0.is_zero() {
             return Err(ConfigError::invalid(
@@ -553,6 +581,18 @@ ttl = "1h"
             (
                 vec![secret, ("GATEWAY_LIMITS__MAX_BODY", "10")],
                 "limits.max_body",
+            ),
+            (
+                vec![secret, ("GATEWAY_LIMITS__BODY_READ_TIMEOUT", "15s")],
+                "limits.body_read_timeout",
+            ),
+            (
+                vec![secret, ("GATEWAY_LIMITS__BODY_READ_TIMEOUT", "0s")],
+                "limits.body_read_timeout",
+            ),
+            (
+                vec![secret, ("GATEWAY_LIMITS__HEADER_READ_TIMEOUT", "0s")],
+                "limits.header_read_timeout",
             ),
             (
                 vec![secret, ("GATEWAY_WEBHOOK__TOLERANCE", "0s")],

@@ -25,6 +25,10 @@ pub enum GatewayError {
     /// The body could not be read (client went away, broken chunking): 400.
     #[error("request body could not be read: {0}")]
     BodyRead(String),
+    /// The body did not arrive within `limits.body_read_timeout`: 408, and the connection is
+    /// closed.
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// Over `limits.max_body`: 413.
     #[error("request body is over {limit} bytes")]
     TooLarge { limit: usize },
@@ -70,6 +74,7 @@ impl GatewayError {
             GatewayError::TooLarge { .. } | GatewayError::RecordTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -84,6 +89,7 @@ impl GatewayError {
             GatewayError::Signature(_) => Outcome::BadSignature,
             GatewayError::Body(_) | GatewayError::BodyRead(_) => Outcome::BadRequest,
             GatewayError::TooLarge { .. } | GatewayError::RecordTooLarge { .. } => Outcome::TooLarge,
+            GatewayError::BodyTimeout(_) => Outcome::BodyTimeout,
             GatewayError::UnsupportedMediaType => Outcome::UnsupportedMediaType,
             GatewayError::MethodNotAllowed => Outcome::MethodNotAllowed,
             GatewayError::Forbidden(_) => Outcome::Forbidden,
@@ -103,6 +109,7 @@ impl GatewayError {
             GatewayError::RecordTooLarge { size, limit } => format!(
                 "Event is too large to store: its record would be {size} bytes, over the broker limit of {limit} bytes"
             ),
+            GatewayError::BodyTimeout(_) => "Request body was not received in time".into(),
             GatewayError::UnsupportedMediaType => "Content-Type must be application/json".into(),
             GatewayError::MethodNotAllowed => "Method not allowed; use POST".into(),
             GatewayError::Forbidden(_) => "Source address is not allowed".into(),
@@ -142,6 +149,7 @@ impl GatewayError {
             ),
             // Counted in the metrics; a line per refused request would add to the overload.
             GatewayError::Overloaded => tracing::debug!(outcome, "answering 503"),
+            GatewayError::BodyTimeout(_) => tracing::debug!(outcome, "answering 408"),
             _ => tracing::info!(outcome, error = %self, "webhook request refused"),
         }
     }
@@ -160,6 +168,10 @@ impl IntoResponse for GatewayError {
         match self {
             GatewayError::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            // The rest of the body may still be on its way; the connection cannot be reused.
+            GatewayError::BodyTimeout(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ if status == StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));

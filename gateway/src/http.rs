@@ -1,6 +1,7 @@
 //! The HTTP surface: `POST /webhooks/stripe` plus the ops routes. The handler is a thin adapter:
-//! admission (in-flight cap, source address, content type, body size), then the pure steps
-//! ([`signature`](crate::signature), [`event`](crate::event)), then dedup and the write to the
+//! admission (source address, content type, body size, body read time), then the pure steps
+//! ([`signature`](crate::signature), [`event`](crate::event)), then the in-flight cap, dedup and
+//! the write to the
 //! [`Sink`]. It answers 200 only after the sink reports the event durable (or it was already).
 
 use std::{
@@ -60,8 +61,10 @@ struct Shared {
     registry: Arc<Registry>,
     max_body: usize,
     request_timeout: std::time::Duration,
+    body_read_timeout: std::time::Duration,
     produce_timeout: std::time::Duration,
-    /// `limits.max_in_flight` permits; a request that finds none is answered 503 at once.
+    /// `limits.max_in_flight` permits, taken once the event is verified; a verified request that
+    /// finds none is answered 503 at once.
     permits: Arc<Semaphore>,
     /// The writes, which outlive a client that hangs up, so shutdown can wait for them.
     writes: TaskTracker,
@@ -97,6 +100,7 @@ impl AppState {
                 registry: Arc::new(registry),
                 max_body: config.limits.max_body,
                 request_timeout: config.limits.request_timeout.into(),
+                body_read_timeout: config.limits.body_read_timeout.into(),
                 produce_timeout: config.limits.produce_timeout.into(),
                 permits: Arc::new(Semaphore::new(config.limits.max_in_flight)),
                 writes: TaskTracker::new(),
@@ -164,12 +168,6 @@ async fn webhook(State(state): State<AppState>, request: Request) -> Response {
     let span = tracing::info_span!("webhook", event_id = Empty, event_type = Empty);
     let shared = &state.shared;
     let result = async {
-        let _permit = shared
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| GatewayError::Overloaded)?;
-        let _in_flight = shared.metrics.in_flight();
         tokio::time::timeout(shared.request_timeout, state.handle(request))
             .await
             .unwrap_or(Err(GatewayError::Timeout(shared.request_timeout)))
@@ -200,7 +198,14 @@ impl AppState {
         let (parts, body) = request.into_parts();
         self.check_source(&parts)?;
         check_content_type(&parts.headers)?;
-        let body = read_body(body, &parts.headers, shared.max_body).await?;
+        // No permit is held while the body arrives: a slow or unsigned upload costs its own
+        // connection and the bytes it sent, never a slot verified events need.
+        let body = tokio::time::timeout(
+            shared.body_read_timeout,
+            read_body(body, &parts.headers, shared.max_body),
+        )
+        .await
+        .map_err(|_| GatewayError::BodyTimeout(shared.body_read_timeout))??;
 
         let mut signatures = parts.headers.get_all("stripe-signature").iter();
         let header = signatures.next().map(|v| v.as_bytes());
@@ -223,6 +228,12 @@ impl AppState {
             });
         }
 
+        let _permit = shared
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GatewayError::Overloaded)?;
+        let _in_flight = shared.metrics.in_flight();
         loop {
             match shared.dedup.admit(&event_id, Instant::now()) {
                 Admission::Duplicate => {
@@ -336,6 +347,10 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
+/// The most memory a body gets before its bytes arrive, whatever its `Content-Length` says;
+/// beyond this the buffer grows only as bytes are received.
+const INITIAL_BODY_CAPACITY: usize = 16 * 1024;
+
 /// Reads the whole body, refusing (without reading further) once it passes `limit`.
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, GatewayError> {
     let declared = headers
@@ -345,7 +360,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(GatewayError::TooLarge { limit });
     }
-    let capacity = declared.map_or(8 * 1024, |n| n as usize);
+    let capacity = initial_capacity(declared);
     let mut buf = BytesMut::with_capacity(capacity);
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
@@ -356,6 +371,13 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// A declared length is a claim, not bytes: at most [`INITIAL_BODY_CAPACITY`] is reserved for it.
+fn initial_capacity(declared: Option<u64>) -> usize {
+    declared.map_or(8 * 1024, |n| {
+        usize::try_from(n).map_or(INITIAL_BODY_CAPACITY, |n| n.min(INITIAL_BODY_CAPACITY))
+    })
 }
 
 fn unix_millis(t: SystemTime) -> i64 {

@@ -28,6 +28,8 @@ pub enum Outcome {
     MethodNotAllowed,
     /// Body over the limit: 413.
     TooLarge,
+    /// The body did not arrive within `limits.body_read_timeout`: 408.
+    BodyTimeout,
     /// Content type other than JSON: 415.
     UnsupportedMediaType,
     /// Broker or registry could not take the write in time: 503.
@@ -39,7 +41,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Accepted,
         Outcome::Duplicate,
         Outcome::Ignored,
@@ -48,6 +50,7 @@ impl Outcome {
         Outcome::Forbidden,
         Outcome::MethodNotAllowed,
         Outcome::TooLarge,
+        Outcome::BodyTimeout,
         Outcome::UnsupportedMediaType,
         Outcome::Unavailable,
         Outcome::Overloaded,
@@ -64,6 +67,7 @@ impl Outcome {
             Outcome::Forbidden => "forbidden",
             Outcome::MethodNotAllowed => "method_not_allowed",
             Outcome::TooLarge => "too_large",
+            Outcome::BodyTimeout => "body_timeout",
             Outcome::UnsupportedMediaType => "unsupported_media_type",
             Outcome::Unavailable => "unavailable",
             Outcome::Overloaded => "overloaded",
@@ -149,7 +153,7 @@ impl Metrics {
         );
         registry.register(
             "in_flight_requests",
-            "Webhook requests being handled now",
+            "Verified webhook events being written now",
             m.in_flight.clone(),
         );
         registry.register(

@@ -6,11 +6,22 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::{Router, extract::connect_info::Connected, serve::IncomingStream};
+use axum::{
+    Router,
+    body::Body,
+    extract::{ConnectInfo, Request},
+    serve::Listener,
+};
 use common::{kafka::TopicSpec, ops::check, retry::Backoff};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
 use schemas::Codec;
 use tokio::{net::TcpListener, time::Instant};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::Service;
 
 use crate::{
     config::GatewayConfig,
@@ -18,18 +29,6 @@ use crate::{
     sink::KafkaSink,
     tls::{self, TlsListener},
 };
-
-impl Connected<IncomingStream<'_, TcpListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled, then shuts down within
 /// `limits.shutdown_timeout`. Fails only on a configuration it cannot start with (TLS files, the
@@ -75,8 +74,11 @@ pub async fn run(
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, tls = tls.is_some(), topic = %config.topic, "gateway listening");
-    let grace: Duration = config.limits.shutdown_timeout.into();
-    let deadline = serve(listener, tls, router, &shutdown, grace).await?;
+    let limits = ConnectionLimits {
+        header_read_timeout: config.limits.header_read_timeout.into(),
+        grace: config.limits.shutdown_timeout.into(),
+    };
+    let deadline = serve(listener, tls, router, &shutdown, limits).await?;
     startup.abort();
 
     // Writes whose client hung up still run; their records are awaited here.
@@ -103,40 +105,104 @@ async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     router: Router,
     shutdown: &CancellationToken,
-    grace: Duration,
+    limits: ConnectionLimits,
 ) -> anyhow::Result<Instant> {
-    let signal = shutdown.clone().cancelled_owned();
-    let make_service = router.into_make_service_with_connect_info::<PeerAddr>();
-    let server: futures::future::BoxFuture<'static, std::io::Result<()>> = match tls {
-        None => Box::pin(
-            axum::serve(listener, make_service)
-                .with_graceful_shutdown(signal)
-                .into_future(),
-        ),
-        Some(acceptor) => Box::pin(
-            axum::serve(TlsListener::new(listener, acceptor)?, make_service)
-                .with_graceful_shutdown(signal)
-                .into_future(),
-        ),
-    };
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => {
-            result.context("serving HTTP")?;
-            return Ok(Instant::now());
+    match tls {
+        None => serve_connections(listener, router, shutdown, limits).await,
+        Some(acceptor) => {
+            let listener = TlsListener::new(listener, acceptor)?;
+            serve_connections(listener, router, shutdown, limits).await
         }
-        () = shutdown.cancelled() => {}
     }
-    let deadline = Instant::now() + grace;
+}
+
+/// How connections are bounded, from `limits`.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    /// A client must send a request's headers within this (`limits.header_read_timeout`), so a
+    /// connection that trickles headers is closed instead of held.
+    header_read_timeout: Duration,
+    /// How long open connections get to finish after shutdown starts.
+    grace: Duration,
+}
+
+/// Accepts connections until `shutdown` and serves each on its own task with hyper, HTTP/1.1
+/// headers bounded in time. axum's own `serve` sets no timer, so hyper's header timeout would not
+/// apply. On shutdown it stops accepting, asks every connection to finish its request in hand,
+/// and waits for them until the grace period has passed.
+async fn serve_connections<L>(
+    mut listener: L,
+    router: Router,
+    shutdown: &CancellationToken,
+    limits: ConnectionLimits,
+) -> anyhow::Result<Instant>
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    let connections = TaskTracker::new();
+    loop {
+        // `accept` retries failed accepts itself (after a pause), so it only ever yields one.
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(serve_connection(io, peer, router, shutdown, limits));
+    }
+    // Dropping the listener stops accepting (and aborts the TLS handshakes under way).
+    drop(listener);
+    let deadline = Instant::now() + limits.grace;
     tracing::info!(
-        ?grace,
+        grace = ?limits.grace,
         "shutting down: no new connections; finishing in-flight requests"
     );
-    match tokio::time::timeout_at(deadline, &mut server).await {
-        Ok(result) => result.context("serving HTTP")?,
-        Err(_) => tracing::warn!("connections still open at the shutdown deadline; closing them"),
+    connections.close();
+    if tokio::time::timeout_at(deadline, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open at the shutdown deadline; closing them"
+        );
     }
     Ok(deadline)
+}
+
+async fn serve_connection<Io>(
+    io: Io,
+    peer: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+    limits: ConnectionLimits,
+) where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
+        router.clone().call(request)
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        () = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+    }
+    if let Err(e) = connection.await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error during shutdown");
+    }
 }
 
 /// Creates the topic (when configured) and registers the schema, retrying with backoff until both

@@ -440,6 +440,57 @@ async fn overload_is_answered_at_once_not_queued() {
     );
 }
 
+/// A request declaring a body of `declared` bytes that sends one chunk and then nothing.
+fn trickling(declared: usize) -> Request<Body> {
+    let chunks = futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"{")) })
+        .chain(futures::stream::pending());
+    Request::post(WEBHOOK_PATH)
+        .header("content-type", "application/json")
+        .header("content-length", declared.to_string())
+        .header("stripe-signature", format!("t={},v1=00", now_unix()))
+        .body(Body::from_stream(chunks))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn slow_uploads_get_408_and_never_take_the_permits_verified_events_need() {
+    let sink = FakeSink::new();
+    let mut c = config();
+    c.limits.max_in_flight = 1;
+    c.limits.body_read_timeout = common::config::HumanDuration::millis(300);
+    let app = router(&c, sink.clone());
+    let slow: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(send_owned(app.clone(), trickling(4000))))
+        .collect();
+    // While every slow upload is still arriving, the one permit is free for signed events.
+    for i in 0..5 {
+        let (status, _, json) = send(&app, signed(&event_body(&format!("evt_{i}"), "x"))).await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+    }
+    assert!(slow.iter().all(|t| !t.is_finished()), "still uploading");
+    for task in slow {
+        assert_eq!(task.await.unwrap(), StatusCode::REQUEST_TIMEOUT);
+    }
+    let (status, headers, json) = send(&app, trickling(4000)).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(json["error"], "Request body was not received in time");
+    assert_eq!(headers.get("connection").unwrap(), "close");
+    let metrics = metrics_text(&app).await;
+    assert!(
+        metrics.contains(r#"gateway_requests_total{outcome="body_timeout"} 21"#),
+        "{metrics}"
+    );
+    assert_eq!(sink.written().len(), 5);
+}
+
+#[test]
+fn a_declared_length_reserves_little_memory_before_the_bytes_arrive() {
+    assert_eq!(initial_capacity(None), 8 * 1024);
+    assert_eq!(initial_capacity(Some(100)), 100);
+    assert_eq!(initial_capacity(Some(1 << 20)), INITIAL_BODY_CAPACITY);
+    assert_eq!(initial_capacity(Some(u64::MAX)), INITIAL_BODY_CAPACITY);
+}
+
 #[tokio::test]
 async fn a_slow_write_is_503_at_the_request_timeout() {
     let sink = FakeSink::gated();

@@ -310,6 +310,128 @@ async fn a_signed_event_near_the_body_limit_is_stored_and_one_over_it_is_413() {
     gw.stop(Duration::from_secs(15)).await;
 }
 
+/// How a slow client's connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum SlowEnd {
+    /// The gateway answered with this status line's code.
+    Status(u16),
+    /// The gateway closed the connection without an answer.
+    Closed,
+}
+
+/// A client that sends `head` at once, then one byte of `trickle` every 100 ms, until the gateway
+/// answers or closes. Returns how it ended and after how long.
+async fn slow_client(addr: SocketAddr, head: String, trickle: u8) -> (SlowEnd, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        if write.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if write.write_all(&[trickle]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(30), read.read(&mut buf)).await {
+            Err(_) => panic!("a slow client was held for 30 s"),
+            Ok(Ok(0)) | Ok(Err(_)) => break SlowEnd::Closed,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                if let Some(line) = answer
+                    .split(|b| *b == b'\n')
+                    .next()
+                    .filter(|_| answer.contains(&b'\n'))
+                {
+                    let line = String::from_utf8_lossy(line);
+                    let code = line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+                    break SlowEnd::Status(code);
+                }
+            }
+        }
+    };
+    let elapsed = started.elapsed();
+    writer.abort();
+    (end, elapsed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_senders_are_cut_off_and_never_starve_signed_events() {
+    let env = TestEnv::start().await.unwrap();
+    let topic = unique("stripe.events");
+    let mut c = config(&env, &topic);
+    // Far fewer slots than slow clients: a slot held by an upload would starve the sender.
+    c.limits.max_in_flight = 8;
+    c.limits.body_read_timeout = HumanDuration::secs(2);
+    c.limits.header_read_timeout = HumanDuration::secs(2);
+    let gw = Gateway::start_ready(c).await;
+
+    // 200 clients declaring a 1 MiB body and trickling it, and 10 trickling their headers.
+    let body_head = format!(
+        "POST {WEBHOOK_PATH} HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+         content-length: 1048576\r\nstripe-signature: t={},v1=00\r\n\r\n",
+        signature::now_unix()
+    );
+    let header_head = format!("POST {WEBHOOK_PATH} HTTP/1.1\r\nhost: gateway\r\nx-slow: ");
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        slow.push(tokio::spawn(slow_client(gw.addr, body_head.clone(), b' ')));
+    }
+    let mut slow_headers = Vec::new();
+    for _ in 0..10 {
+        slow_headers.push(tokio::spawn(slow_client(gw.addr, header_head.clone(), b'a')));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Meanwhile Stripe's deliveries are answered, each promptly.
+    for i in 0..20 {
+        let started = std::time::Instant::now();
+        let (status, _, json) = gw
+            .post(&event_body(&format!("evt_beside_slow_{i}"), "cus_s"))
+            .await;
+        assert_eq!(status, 200, "delivery {i} beside slow senders: {json}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    for task in slow {
+        let (end, elapsed) = task.await.unwrap();
+        assert_eq!(end, SlowEnd::Status(408), "after {elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_millis(1800) && elapsed < Duration::from_secs(8),
+            "cut off after the body read timeout, not {elapsed:?}"
+        );
+    }
+    for task in slow_headers {
+        let (end, elapsed) = task.await.unwrap();
+        assert!(matches!(end, SlowEnd::Closed | SlowEnd::Status(408)), "{end:?}");
+        assert!(
+            elapsed >= Duration::from_millis(1800) && elapsed < Duration::from_secs(8),
+            "cut off after the header read timeout, not {elapsed:?}"
+        );
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"gateway_requests_total{outcome="body_timeout"} 200"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"gateway_requests_total{outcome="accepted"} 20"#),
+        "{metrics}"
+    );
+    gw.stop(Duration::from_secs(15)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_delivered_twice_is_one_record() {
     let env = TestEnv::start().await.unwrap();
