@@ -8,7 +8,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{event::BodyError, metrics::Outcome, signature::SignatureError, sink::SinkError};
+use crate::{event::BodyError, metrics::Outcome, publish::PublishError, signature::SignatureError};
 
 /// Seconds Stripe (or anyone) is asked to wait before retrying a 503. Stripe uses its own
 /// schedule; the header is for other clients and proxies.
@@ -47,7 +47,7 @@ pub enum GatewayError {
     RecordTooLarge { size: usize, limit: usize },
     /// Kafka or the registry could not take the write: 503, Stripe retries.
     #[error("event could not be written: {0}")]
-    Unavailable(SinkError),
+    Unavailable(PublishError),
     /// `limits.max_in_flight` reached: 503.
     #[error("too many requests in flight")]
     Overloaded,
@@ -56,10 +56,10 @@ pub enum GatewayError {
     Timeout(std::time::Duration),
 }
 
-impl From<SinkError> for GatewayError {
-    fn from(e: SinkError) -> Self {
+impl From<PublishError> for GatewayError {
+    fn from(e: PublishError) -> Self {
         match e {
-            SinkError::TooLarge { size, limit } => GatewayError::RecordTooLarge { size, limit },
+            PublishError::TooLarge { size, limit } => GatewayError::RecordTooLarge { size, limit },
             e => GatewayError::Unavailable(e),
         }
     }

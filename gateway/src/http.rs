@@ -2,7 +2,7 @@
 //! admission (source address, content type, body size, body read time), then the pure steps
 //! ([`signature`](crate::signature), [`event`](crate::event)), then the in-flight cap, dedup and
 //! the write to the
-//! [`Sink`]. It answers 200 only after the sink reports the event durable (or it was already).
+//! [`Publisher`]. It answers 200 only after the publisher reports the event durable (or it was already).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -32,8 +32,8 @@ use crate::{
     error::GatewayError,
     event::VerifiedEvent,
     metrics::{Metrics, Outcome},
+    publish::{PublishError, Publisher},
     signature::{SignatureError, Verifier},
-    sink::{Sink, SinkError},
 };
 
 /// The webhook path Stripe is configured with.
@@ -56,7 +56,7 @@ struct Shared {
     allow_ips: IpList,
     trusted_proxies: IpList,
     dedup: Dedup,
-    sink: Arc<dyn Sink>,
+    publisher: Arc<dyn Publisher>,
     metrics: Metrics,
     registry: Arc<Registry>,
     max_body: usize,
@@ -80,9 +80,9 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    pub fn new(config: &GatewayConfig, sink: Arc<dyn Sink>) -> Self {
+    pub fn new(config: &GatewayConfig, publisher: Arc<dyn Publisher>) -> Self {
         let (metrics, mut registry) = Metrics::new();
-        sink.register_metrics(&mut registry);
+        publisher.register_metrics(&mut registry);
         let webhook = &config.webhook;
         AppState {
             shared: Arc::new(Shared {
@@ -95,7 +95,7 @@ impl AppState {
                 allow_ips: config.allow_ips.clone(),
                 trusted_proxies: config.trusted_proxies.clone(),
                 dedup: Dedup::new(config.dedup.capacity, config.dedup.ttl.into()),
-                sink,
+                publisher,
                 metrics,
                 registry: Arc::new(registry),
                 max_body: config.limits.max_body,
@@ -109,7 +109,7 @@ impl AppState {
         }
     }
 
-    /// Adds a `/readyz` check beside the sink's own (must be called before [`app`]).
+    /// Adds a `/readyz` check beside the publisher's own (must be called before [`app`]).
     pub fn with_check(mut self, name: &'static str, check: Check) -> Self {
         match Arc::get_mut(&mut self.shared) {
             Some(shared) => shared.extra_checks.push((name, check)),
@@ -130,7 +130,7 @@ impl AppState {
 
 /// The router: the webhook route plus `/healthz`, `/readyz` and `/metrics`.
 pub fn app(state: AppState) -> Router {
-    let mut checks = state.shared.sink.checks();
+    let mut checks = state.shared.publisher.checks();
     checks.extend(state.shared.extra_checks.iter().cloned());
     let ops = common::ops::router(state.shared.registry.clone(), checks);
     Router::new()
@@ -247,7 +247,7 @@ impl AppState {
                 // rather than write it twice (the request timeout bounds the wait).
                 Admission::Follower(writer) => writer.wait().await,
                 Admission::Leader(leader) => {
-                    let sink = shared.sink.clone();
+                    let publisher = shared.publisher.clone();
                     let metrics = shared.metrics.clone();
                     let budget = shared.produce_timeout;
                     // The write runs as its own task so it completes, and is remembered as
@@ -255,7 +255,7 @@ impl AppState {
                     let write = shared.writes.spawn(
                         async move {
                             let started = Instant::now();
-                            let result = sink.write(&event, budget).await;
+                            let result = publisher.write(&event, budget).await;
                             match &result {
                                 Ok(written) => {
                                     metrics.produced(started.elapsed().as_secs_f64());
@@ -266,7 +266,7 @@ impl AppState {
                                         "event written"
                                     );
                                 }
-                                Err(SinkError::TooLarge { .. }) => metrics.event_too_large(),
+                                Err(PublishError::TooLarge { .. }) => metrics.event_too_large(),
                                 Err(e) => metrics.write_failure(e.dependency()),
                             }
                             result
@@ -279,7 +279,7 @@ impl AppState {
                             event_id,
                         }),
                         Ok(Err(e)) => Err(e.into()),
-                        Err(join) => Err(SinkError::Aborted(join.to_string()).into()),
+                        Err(join) => Err(PublishError::Aborted(join.to_string()).into()),
                     };
                 }
             }

@@ -26,7 +26,7 @@ use tower::Service;
 use crate::{
     config::GatewayConfig,
     http::{AppState, PeerAddr, app},
-    sink::KafkaSink,
+    publish::KafkaPublisher,
     tls::{self, TlsListener},
 };
 
@@ -45,7 +45,7 @@ pub async fn run(
     };
     let codec = Codec::new(&config.registry.codec_config())
         .context("setting `registry`: cannot create the schema registry client")?;
-    let sink = KafkaSink::connect(
+    let publisher = KafkaPublisher::connect(
         &config.producer_kafka(),
         config.produce_timeout(),
         codec,
@@ -57,7 +57,7 @@ pub async fn run(
     // Cancelled (used as a set-once flag) once the topic and schema are prepared.
     let prepared = CancellationToken::new();
     let is_prepared = prepared.clone();
-    let state = AppState::new(&config, Arc::new(sink.clone())).with_check(
+    let state = AppState::new(&config, Arc::new(publisher.clone())).with_check(
         "startup",
         check(move || {
             let done = is_prepared.is_cancelled();
@@ -69,7 +69,12 @@ pub async fn run(
             }
         }),
     );
-    let startup = tokio::spawn(prepare(config.clone(), sink.clone(), prepared, shutdown.clone()));
+    let startup = tokio::spawn(prepare(
+        config.clone(),
+        publisher.clone(),
+        prepared,
+        shutdown.clone(),
+    ));
     let router = app(state.clone());
 
     let addr = listener.local_addr()?;
@@ -91,7 +96,7 @@ pub async fn run(
         );
     }
     let remaining = deadline.saturating_duration_since(Instant::now());
-    match sink.flush(remaining).await {
+    match publisher.flush(remaining).await {
         Ok(()) => tracing::info!("producer flushed; gateway stopped"),
         Err(e) => tracing::warn!(error = %e, "producer not fully flushed at the shutdown deadline"),
     }
@@ -210,7 +215,7 @@ async fn serve_connection<Io>(
 /// get 503 while the broker or registry is away.
 async fn prepare(
     config: GatewayConfig,
-    sink: KafkaSink,
+    publisher: KafkaPublisher,
     done: CancellationToken,
     shutdown: CancellationToken,
 ) {
@@ -237,7 +242,7 @@ async fn prepare(
             }
         }
         if topic_ready {
-            match sink.prepare().await {
+            match publisher.prepare().await {
                 Ok(id) => {
                     tracing::info!(topic = %config.topic, schema_id = id, "schema registered");
                     done.cancel();

@@ -1,6 +1,6 @@
-//! Where verified events go: [`KafkaSink`] encodes the record through the schema registry and
+//! Where verified events go: [`KafkaPublisher`] encodes the record through the schema registry and
 //! produces it with the idempotent `acks=all` producer, returning only once the broker's delivery
-//! report says it is durable. The [`Sink`] trait lets the HTTP tests run without a broker.
+//! report says it is durable. The [`Publisher`] trait lets the HTTP tests run without a broker.
 
 use std::{
     sync::{
@@ -38,7 +38,7 @@ pub struct Written {
 /// Why an event was not written. Every variant means "not known to be durable": answer 503 so
 /// Stripe retries.
 #[derive(Debug, thiserror::Error)]
-pub enum SinkError {
+pub enum PublishError {
     #[error("schema registry: {0}")]
     Registry(#[source] CodecError),
     #[error("schema registry did not answer within the write budget")]
@@ -58,33 +58,33 @@ pub enum SinkError {
     Aborted(String),
 }
 
-impl SinkError {
+impl PublishError {
     /// The dependency that failed, for the `dependency` metric label.
     pub fn dependency(&self) -> &'static str {
         match self {
-            SinkError::Registry(_) | SinkError::RegistryTimeout => "schema_registry",
-            SinkError::Kafka(_)
-            | SinkError::KafkaTimeout
-            | SinkError::ProducerGone
-            | SinkError::TooLarge { .. } => "kafka",
-            SinkError::Aborted(_) => "internal",
+            PublishError::Registry(_) | PublishError::RegistryTimeout => "schema_registry",
+            PublishError::Kafka(_)
+            | PublishError::KafkaTimeout
+            | PublishError::ProducerGone
+            | PublishError::TooLarge { .. } => "kafka",
+            PublishError::Aborted(_) => "internal",
         }
     }
 }
 
 /// A durable destination for verified events.
-pub trait Sink: Send + Sync + 'static {
+pub trait Publisher: Send + Sync + 'static {
     /// Writes `event` and resolves once it is durable, or fails within `budget`.
     fn write<'a>(
         &'a self,
         event: &'a VerifiedEvent,
         budget: Duration,
-    ) -> BoxFuture<'a, Result<Written, SinkError>>;
+    ) -> BoxFuture<'a, Result<Written, PublishError>>;
 
-    /// The `/readyz` checks for this sink's dependencies.
+    /// The `/readyz` checks for this publisher's dependencies.
     fn checks(&self) -> Vec<(&'static str, Check)>;
 
-    /// Registers the sink's own metrics (names get the `gateway_` prefix).
+    /// Registers the publisher's own metrics (names get the `gateway_` prefix).
     fn register_metrics(&self, _registry: &mut Registry) {}
 }
 
@@ -99,11 +99,11 @@ pub trait Sink: Send + Sync + 'static {
 /// all. Records the old producer still held are purged: their requests were, or will be,
 /// answered 503, so Stripe delivers them again.
 #[derive(Clone)]
-pub struct KafkaSink {
-    inner: Arc<SinkInner>,
+pub struct KafkaPublisher {
+    inner: Arc<Inner>,
 }
 
-struct SinkInner {
+struct Inner {
     /// The current producer and its generation (which replacement it is).
     producer: RwLock<(u64, FutureProducer)>,
     kafka: KafkaSettings,
@@ -123,15 +123,15 @@ struct SinkInner {
 /// Replacing the producer more often than this would only churn connections.
 const RESET_INTERVAL: Duration = Duration::from_secs(1);
 
-impl std::fmt::Debug for KafkaSink {
+impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaSink")
+        f.debug_struct("KafkaPublisher")
             .field("topic", &self.inner.topic)
             .finish_non_exhaustive()
     }
 }
 
-impl KafkaSink {
+impl KafkaPublisher {
     /// Creates the producer (idempotent, `acks=all`, delivery timeout `delivery_timeout`) off the
     /// async workers, since creating a client blocks briefly.
     pub async fn connect(
@@ -141,8 +141,8 @@ impl KafkaSink {
         topic: impl Into<String>,
     ) -> Result<Self, KafkaError> {
         let producer = create_producer(kafka.clone(), delivery_timeout).await?;
-        Ok(KafkaSink {
-            inner: Arc::new(SinkInner {
+        Ok(KafkaPublisher {
+            inner: Arc::new(Inner {
                 producer: RwLock::new((0, producer)),
                 kafka: kafka.clone(),
                 delivery_timeout,
@@ -180,17 +180,17 @@ impl KafkaSink {
             .unwrap_or(Err(KafkaError::Canceled))
     }
 
-    async fn write_event(&self, event: &VerifiedEvent, budget: Duration) -> Result<Written, SinkError> {
+    async fn write_event(&self, event: &VerifiedEvent, budget: Duration) -> Result<Written, PublishError> {
         let inner = &self.inner;
         let deadline = tokio::time::Instant::now() + budget;
         let payload = tokio::time::timeout_at(deadline, inner.codec.encode(&inner.topic, event.record()))
             .await
-            .map_err(|_| SinkError::RegistryTimeout)?
-            .map_err(SinkError::Registry)?;
+            .map_err(|_| PublishError::RegistryTimeout)?
+            .map_err(PublishError::Registry)?;
         let headers = common::kafka::trace_headers(&common::kafka::current_context());
         let size = record_size(event.key(), &payload, &headers);
         if size > inner.max_record {
-            return Err(SinkError::TooLarge {
+            return Err(PublishError::TooLarge {
                 size,
                 limit: inner.max_record,
             });
@@ -203,7 +203,7 @@ impl KafkaSink {
         // `send_result` enqueues now and hands back the delivery future (`send` would enqueue
         // only when first polled, serialising concurrent requests behind `linger.ms`).
         let sent = producer.send_result(record);
-        // Only the sink keeps producers alive, so a replaced one is dropped off the async workers.
+        // Only the publisher keeps producers alive, so a replaced one is dropped off the async workers.
         let fatal = producer.client().fatal_error().is_some();
         drop(producer);
         let delivery = sent.map_err(|(e, _)| {
@@ -217,9 +217,9 @@ impl KafkaSink {
         match tokio::time::timeout_at(deadline + REPORT_GRACE, delivery).await {
             Err(_) => {
                 self.replace_producer(generation, "no delivery report within the write budget", false);
-                Err(SinkError::KafkaTimeout)
+                Err(PublishError::KafkaTimeout)
             }
-            Ok(Err(_canceled)) => Err(SinkError::ProducerGone),
+            Ok(Err(_canceled)) => Err(PublishError::ProducerGone),
             Ok(Ok(Err((e, _message)))) => {
                 let timed_out = matches!(e, KafkaError::MessageProduction(Code::MessageTimedOut));
                 if timed_out || refuses_producer_state(&e) {
@@ -243,10 +243,10 @@ impl KafkaSink {
             return;
         }
         tracing::warn!(reason, "replacing the Kafka producer");
-        let sink = self.clone();
+        let publisher = self.clone();
         tokio::spawn(async move {
-            sink.swap_producer(generation, spaced).await;
-            sink.inner.replacing.store(false, Ordering::SeqCst);
+            publisher.swap_producer(generation, spaced).await;
+            publisher.inner.replacing.store(false, Ordering::SeqCst);
         });
     }
 
@@ -321,11 +321,13 @@ pub fn record_size(key: &str, payload: &[u8], headers: &OwnedHeaders) -> usize {
     RECORD_FRAMING + key.len() + payload.len() + headers
 }
 
-/// A refusal of the record's size (by the client or the broker's topic limit) is [`SinkError::TooLarge`].
-fn too_large(e: KafkaError, size: usize, limit: usize) -> SinkError {
+/// A refusal of the record's size (by the client or the broker's topic limit) is [`PublishError::TooLarge`].
+fn too_large(e: KafkaError, size: usize, limit: usize) -> PublishError {
     match e.rdkafka_error_code() {
-        Some(Code::MessageSizeTooLarge | Code::MessageBatchTooLarge) => SinkError::TooLarge { size, limit },
-        _ => SinkError::Kafka(e),
+        Some(Code::MessageSizeTooLarge | Code::MessageBatchTooLarge) => {
+            PublishError::TooLarge { size, limit }
+        }
+        _ => PublishError::Kafka(e),
     }
 }
 
@@ -349,20 +351,20 @@ fn refuses_producer_state(error: &KafkaError) -> bool {
     )
 }
 
-impl Sink for KafkaSink {
+impl Publisher for KafkaPublisher {
     fn write<'a>(
         &'a self,
         event: &'a VerifiedEvent,
         budget: Duration,
-    ) -> BoxFuture<'a, Result<Written, SinkError>> {
+    ) -> BoxFuture<'a, Result<Written, PublishError>> {
         Box::pin(self.write_event(event, budget))
     }
 
     fn checks(&self) -> Vec<(&'static str, Check)> {
-        let sink = self.clone();
+        let publisher = self.clone();
         let kafka = check(move || {
-            let producer = sink.producer();
-            let topic = sink.inner.topic.clone();
+            let producer = publisher.producer();
+            let topic = publisher.inner.topic.clone();
             async move {
                 tokio::task::spawn_blocking(move || broker_ready(&producer, &topic))
                     .await
@@ -437,9 +439,9 @@ mod tests {
         let refused = KafkaError::MessageProduction(Code::MessageSizeTooLarge);
         assert!(matches!(
             too_large(refused, 10, 5),
-            SinkError::TooLarge { size: 10, limit: 5 }
+            PublishError::TooLarge { size: 10, limit: 5 }
         ));
         let down = KafkaError::MessageProduction(Code::BrokerTransportFailure);
-        assert!(matches!(too_large(down, 10, 5), SinkError::Kafka(_)));
+        assert!(matches!(too_large(down, 10, 5), PublishError::Kafka(_)));
     }
 }
