@@ -12,7 +12,7 @@ use std::{
 use common::config::{
     ConfigArgs, ConfigError, HumanDuration, KafkaSettings, RegistrySettings, Secret, Settings,
 };
-use common::telemetry::TelemetrySettings;
+use common::{retry::BackoffSettings, telemetry::TelemetrySettings};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
@@ -59,6 +59,9 @@ pub struct GatewayConfig {
     pub limits: Limits,
     /// Memory of recently accepted event ids.
     pub dedup: DedupSettings,
+    /// Retry delays of the start-up steps (creating the topic, registering the schema) while the
+    /// broker or registry is away. Default 100 ms growing to 30 s.
+    pub backoff: BackoffSettings,
     /// Source addresses allowed to post webhooks (IPs or CIDR ranges). Empty (default): any.
     /// Stripe publishes its webhook IPs at <https://stripe.com/files/ips/ips_webhooks.txt>.
     pub allow_ips: IpList,
@@ -87,6 +90,7 @@ impl Default for GatewayConfig {
             webhook: WebhookSettings::default(),
             limits: Limits::default(),
             dedup: DedupSettings::default(),
+            backoff: BackoffSettings::default(),
             allow_ips: IpList::default(),
             trusted_proxies: IpList::default(),
             tls: TlsSettings::default(),
@@ -285,6 +289,7 @@ impl Settings for GatewayConfig {
                 ),
             ));
         }
+        self.backoff.validate("backoff")?;
         if self.dedup.capacity > 0 && self.dedup.ttl.0.is_zero() {
             return Err(ConfigError::invalid("dedup.ttl", "must be above zero"));
         }
@@ -534,6 +539,9 @@ produce_timeout = "5s"
 [dedup]
 capacity = 10
 ttl = "1h"
+[backoff]
+initial = "50ms"
+max = "2s"
 "#,
         )
         .unwrap();
@@ -552,6 +560,7 @@ ttl = "1h"
         // IPv4-mapped IPv6 peers (a dual-stack listener) match IPv4 entries.
         assert!(c.allow_ips.contains("::ffff:10.0.0.1".parse().unwrap()));
         assert_eq!(c.dedup.capacity, 10);
+        assert_eq!(c.backoff.max, HumanDuration::secs(2));
     }
 
     #[test]
@@ -603,6 +612,18 @@ ttl = "1h"
                 "topic_partitions",
             ),
             (vec![secret, ("GATEWAY_TLS__CERT", "/tmp/cert.pem")], "tls"),
+            (
+                vec![secret, ("GATEWAY_BACKOFF__INITIAL", "0s")],
+                "backoff.initial",
+            ),
+            (
+                vec![
+                    secret,
+                    ("GATEWAY_BACKOFF__INITIAL", "5s"),
+                    ("GATEWAY_BACKOFF__MAX", "1s"),
+                ],
+                "backoff.max",
+            ),
             (
                 vec![secret, ("GATEWAY_ALLOW_IPS", "10.0.0.0/8,not-an-ip")],
                 "allow_ips",

@@ -3,40 +3,31 @@
 //! report says it is durable. The [`Publisher`] trait lets the HTTP tests run without a broker.
 
 use std::{
-    sync::{
-        Arc, Mutex, RwLock,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use common::{
     config::KafkaSettings,
+    health::Health,
     ops::{Check, check},
+    producer::{Producer, SendError},
 };
 use futures::future::BoxFuture;
 use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode as Code},
     message::{Headers, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord, Producer},
+    producer::{FutureProducer, FutureRecord, Producer as _},
 };
 use schemas::{Codec, CodecError, StripeEvent};
 
 use crate::event::VerifiedEvent;
 
-/// How long past the write budget to wait for the producer's delivery report.
-const REPORT_GRACE: Duration = Duration::from_millis(250);
-
-/// Where an acknowledged record landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
-    pub partition: i32,
-    pub offset: i64,
-}
+pub use common::producer::Written;
 
 /// Why an event was not written. Every variant means "not known to be durable": answer 503 so
-/// Stripe retries.
+/// Stripe retries, except [`PublishError::TooLarge`], which a retry cannot fix (413).
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("schema registry: {0}")]
@@ -91,37 +82,23 @@ pub trait Publisher: Send + Sync + 'static {
 /// Writes to a Kafka topic in the Confluent wire format. Cheap to clone; clones share the
 /// producer.
 ///
-/// The producer is replaced after a write it could not deliver in time or whose producer state
-/// the broker refused (see [`refuses_producer_state`]). After a timeout librdkafka would recover
-/// on its own by bumping the idempotent producer's epoch locally (KIP-360); not every
-/// Kafka-compatible broker accepts that (the local development broker's storage fails on it), and
-/// a fresh producer, which starts a new idempotent session with `InitProducerId`, is accepted by
-/// all. Records the old producer still held are purged: their requests were, or will be,
-/// answered 503, so Stripe delivers them again.
+/// The producer is `common`'s [`Producer`], which replaces its client after a delivery timeout
+/// or a refused producer state (see its module for why): records the old client still held are
+/// purged and their requests answered 503, so Stripe delivers them again.
 #[derive(Clone)]
 pub struct KafkaPublisher {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    /// The current producer and its generation (which replacement it is).
-    producer: RwLock<(u64, FutureProducer)>,
-    kafka: KafkaSettings,
-    delivery_timeout: Duration,
+    producer: Producer,
     codec: Codec,
     topic: String,
     /// The producer's `message.max.bytes`: a record over it is refused before producing.
     max_record: usize,
-    /// A replacement is being made; others wait for it instead of starting their own.
-    replacing: AtomicBool,
-    /// When the producer was last replaced; replacements after refusals are spaced by
-    /// [`RESET_INTERVAL`].
-    last_reset: Mutex<Option<Instant>>,
-    resets: Counter,
+    /// Where the producer reports a replacement it cannot make; read by the `kafka` check.
+    health: Health,
 }
-
-/// Replacing the producer more often than this would only churn connections.
-const RESET_INTERVAL: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,31 +117,22 @@ impl KafkaPublisher {
         codec: Codec,
         topic: impl Into<String>,
     ) -> Result<Self, KafkaError> {
-        let producer = create_producer(kafka.clone(), delivery_timeout).await?;
+        let health = Health::new();
+        let producer = Producer::connect(kafka, CLIENT_ID, delivery_timeout, health.clone()).await?;
         Ok(KafkaPublisher {
             inner: Arc::new(Inner {
-                producer: RwLock::new((0, producer)),
-                kafka: kafka.clone(),
-                delivery_timeout,
+                producer,
                 codec,
                 topic: topic.into(),
                 max_record: max_record(kafka),
-                replacing: AtomicBool::new(false),
-                last_reset: Mutex::new(None),
-                resets: Counter::default(),
+                health,
             }),
         })
     }
 
-    /// The producer now in use.
+    /// The producer client now in use.
     pub fn producer(&self) -> FutureProducer {
-        self.current().1
-    }
-
-    fn current(&self) -> (u64, FutureProducer) {
-        // Writers leave a valid producer behind even if they panicked, so poisoning is moot.
-        let guard = self.inner.producer.read().unwrap_or_else(|p| p.into_inner());
-        (guard.0, guard.1.clone())
+        self.inner.producer.client()
     }
 
     /// Registers (or looks up) the record schema now, so the first request does not pay for it.
@@ -174,10 +142,7 @@ impl KafkaPublisher {
 
     /// Waits up to `timeout` for every record handed to the producer to be delivered or failed.
     pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let producer = self.producer();
-        tokio::task::spawn_blocking(move || producer.flush(timeout))
-            .await
-            .unwrap_or(Err(KafkaError::Canceled))
+        self.inner.producer.flush(timeout).await
     }
 
     async fn write_event(&self, event: &VerifiedEvent, budget: Duration) -> Result<Written, PublishError> {
@@ -199,101 +164,32 @@ impl KafkaPublisher {
             .key(event.key())
             .payload(&payload)
             .headers(headers);
-        let (generation, producer) = self.current();
-        // `send_result` enqueues now and hands back the delivery future (`send` would enqueue
-        // only when first polled, serialising concurrent requests behind `linger.ms`).
-        let sent = producer.send_result(record);
-        // Only the publisher keeps producers alive, so a replaced one is dropped off the async workers.
-        let fatal = producer.client().fatal_error().is_some();
-        drop(producer);
-        let delivery = sent.map_err(|(e, _)| {
-            if fatal || refuses_producer_state(&e) {
-                self.replace_producer(generation, &e.to_string(), true);
-            }
-            too_large(e, size, inner.max_record)
-        })?;
-        // The producer's own delivery timeout is `budget` from now; waiting a little longer
-        // lets its definite answer arrive first, so a 503 here rarely hides a late success.
-        match tokio::time::timeout_at(deadline + REPORT_GRACE, delivery).await {
-            Err(_) => {
-                self.replace_producer(generation, "no delivery report within the write budget", false);
-                Err(PublishError::KafkaTimeout)
-            }
-            Ok(Err(_canceled)) => Err(PublishError::ProducerGone),
-            Ok(Ok(Err((e, _message)))) => {
-                let timed_out = matches!(e, KafkaError::MessageProduction(Code::MessageTimedOut));
-                if timed_out || refuses_producer_state(&e) {
-                    self.replace_producer(generation, &e.to_string(), !timed_out);
-                }
-                Err(too_large(e, size, inner.max_record))
-            }
-            Ok(Ok(Ok(delivery))) => Ok(Written {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-        }
-    }
-
-    /// Starts replacing producer `generation` unless it was replaced already or a replacement is
-    /// under way. After a timeout the swap is immediate, before the old producer can send anything
-    /// under its bumped epoch; after a refusal it is spaced [`RESET_INTERVAL`] from the last one,
-    /// so a broker that refuses every producer does not cause a storm of new clients.
-    fn replace_producer(&self, generation: u64, reason: &str, spaced: bool) {
-        if self.current().0 != generation || self.inner.replacing.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        tracing::warn!(reason, "replacing the Kafka producer");
-        let publisher = self.clone();
-        tokio::spawn(async move {
-            publisher.swap_producer(generation, spaced).await;
-            publisher.inner.replacing.store(false, Ordering::SeqCst);
-        });
-    }
-
-    async fn swap_producer(&self, generation: u64, spaced: bool) {
-        let inner = &self.inner;
-        let since_last = inner
-            .last_reset
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed());
-        if let (true, Some(elapsed)) = (spaced, since_last) {
-            tokio::time::sleep(RESET_INTERVAL.saturating_sub(elapsed)).await;
-        }
-        let fresh = match create_producer(inner.kafka.clone(), inner.delivery_timeout).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot create a replacement Kafka producer");
-                return;
-            }
+        // The producer's own delivery timeout is the write budget, and it waits a little past it
+        // for librdkafka's definite answer, so a 503 here rarely hides a late success.
+        let result = match inner.producer.enqueue(record) {
+            Ok(pending) => pending.wait().await,
+            Err(e) => Err(e),
         };
-        let old = {
-            let mut current = inner.producer.write().unwrap_or_else(|p| p.into_inner());
-            if current.0 != generation {
-                return;
-            }
-            std::mem::replace(&mut *current, (generation + 1, fresh)).1
-        };
-        *inner.last_reset.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        inner.resets.inc();
-        // Dropping purges what the old producer still holds (so it never sends it under a bumped
-        // epoch) and waits briefly for those reports: blocking work.
-        tokio::task::spawn_blocking(move || drop(old));
+        result.map_err(|e| publish_error(e, size, inner.max_record))
     }
 
     /// How many times the producer was replaced (`gateway_producer_resets_total`).
     pub fn resets(&self) -> Counter {
-        self.inner.resets.clone()
+        self.inner.producer.resets()
     }
 }
 
-async fn create_producer(
-    kafka: KafkaSettings,
-    delivery_timeout: Duration,
-) -> Result<FutureProducer, KafkaError> {
-    tokio::task::spawn_blocking(move || common::kafka::producer(&kafka, CLIENT_ID, delivery_timeout))
-        .await
-        .unwrap_or(Err(KafkaError::Canceled))
+/// What a failed send means for the answer: a size refusal (by the client or the broker's topic
+/// limit) is [`PublishError::TooLarge`]; everything else is "not stored, retry later".
+fn publish_error(e: SendError, size: usize, limit: usize) -> PublishError {
+    match e {
+        SendError::Permanent(e) => too_large(e, size, limit),
+        SendError::Transient(KafkaError::Canceled) => PublishError::ProducerGone,
+        SendError::Transient(KafkaError::MessageProduction(Code::MessageTimedOut)) => {
+            PublishError::KafkaTimeout
+        }
+        SendError::Transient(e) => PublishError::Kafka(e),
+    }
 }
 
 /// librdkafka's `message.max.bytes` when the settings do not name one.
@@ -334,23 +230,6 @@ fn too_large(e: KafkaError, size: usize, limit: usize) -> PublishError {
 /// The producer's `client.id`.
 const CLIENT_ID: &str = "gateway";
 
-/// Broker answers that mean the producer's idempotence state is refused; the same producer will
-/// keep failing.
-fn refuses_producer_state(error: &KafkaError) -> bool {
-    matches!(
-        error,
-        KafkaError::MessageProduction(
-            Code::Unknown
-                | Code::Fatal
-                | Code::OutOfOrderSequenceNumber
-                | Code::InvalidProducerEpoch
-                | Code::InvalidProducerIdMapping
-                | Code::UnknownProducerId
-                | Code::ProducerFenced
-        )
-    )
-}
-
 impl Publisher for KafkaPublisher {
     fn write<'a>(
         &'a self,
@@ -365,7 +244,9 @@ impl Publisher for KafkaPublisher {
         let kafka = check(move || {
             let producer = publisher.producer();
             let topic = publisher.inner.topic.clone();
+            let problems = publisher.inner.health.verdict(Duration::ZERO);
             async move {
+                problems?;
                 tokio::task::spawn_blocking(move || broker_ready(&producer, &topic))
                     .await
                     .map_err(|e| e.to_string())?
@@ -382,7 +263,7 @@ impl Publisher for KafkaPublisher {
     fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
             "producer_resets",
-            "Times the Kafka producer was replaced after the broker refused its idempotence state",
+            "Times the Kafka producer was replaced after a timeout or a refused producer state",
             self.resets(),
         );
     }
@@ -436,12 +317,16 @@ mod tests {
 
     #[test]
     fn a_size_refusal_is_too_large_and_other_errors_stay_kafka_errors() {
-        let refused = KafkaError::MessageProduction(Code::MessageSizeTooLarge);
+        let refused = SendError::Permanent(KafkaError::MessageProduction(Code::MessageSizeTooLarge));
         assert!(matches!(
-            too_large(refused, 10, 5),
+            publish_error(refused, 10, 5),
             PublishError::TooLarge { size: 10, limit: 5 }
         ));
-        let down = KafkaError::MessageProduction(Code::BrokerTransportFailure);
-        assert!(matches!(too_large(down, 10, 5), PublishError::Kafka(_)));
+        let down = SendError::Transient(KafkaError::MessageProduction(Code::BrokerTransportFailure));
+        assert!(matches!(publish_error(down, 10, 5), PublishError::Kafka(_)));
+        let late = SendError::Transient(KafkaError::MessageProduction(Code::MessageTimedOut));
+        assert!(matches!(publish_error(late, 10, 5), PublishError::KafkaTimeout));
+        let purged = SendError::Transient(KafkaError::Canceled);
+        assert!(matches!(publish_error(purged, 10, 5), PublishError::ProducerGone));
     }
 }

@@ -12,7 +12,12 @@ use axum::{
     extract::{ConnectInfo, Request},
     serve::Listener,
 };
-use common::{kafka::TopicSpec, ops::check, retry::Backoff};
+use common::{
+    health::Health,
+    kafka::{TopicError, TopicSpec},
+    ops::check,
+    retry::{self, Retry, Stopped, Verdict},
+};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -56,25 +61,26 @@ pub async fn run(
 
     // Cancelled (used as a set-once flag) once the topic and schema are prepared.
     let prepared = CancellationToken::new();
-    let is_prepared = prepared.clone();
-    let state = AppState::new(&config, Arc::new(publisher.clone())).with_check(
-        "startup",
-        check(move || {
-            let done = is_prepared.is_cancelled();
-            async move {
-                match done {
-                    true => Ok(()),
-                    false => Err("topic and schema not prepared yet".to_string()),
+    // Why preparing has not worked yet, for `/readyz`.
+    let startup_health = Health::new();
+    let state = AppState::new(&config, Arc::new(publisher.clone()))
+        .with_check("startup", startup_check(prepared.clone(), startup_health.clone()));
+    // Serving stops on shutdown, or when preparing fails for good.
+    let stop = shutdown.child_token();
+    let startup = tokio::spawn({
+        let (config, publisher, stop) = (config.clone(), publisher.clone(), stop.clone());
+        async move {
+            let result = prepare(&config, &publisher, &startup_health, &stop).await;
+            match &result {
+                Ok(()) => prepared.cancel(),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot prepare the topic and schema; stopping");
+                    stop.cancel();
                 }
             }
-        }),
-    );
-    let startup = tokio::spawn(prepare(
-        config.clone(),
-        publisher.clone(),
-        prepared,
-        shutdown.clone(),
-    ));
+            result
+        }
+    });
     let router = app(state.clone());
 
     let addr = listener.local_addr()?;
@@ -83,8 +89,14 @@ pub async fn run(
         header_read_timeout: config.limits.header_read_timeout.into(),
         grace: config.limits.shutdown_timeout.into(),
     };
-    let deadline = serve(listener, tls, router, &shutdown, limits).await?;
-    startup.abort();
+    let deadline = serve(listener, tls, router, &stop, limits).await?;
+    let failed = match startup.is_finished() {
+        true => startup.await.ok().and_then(Result::err),
+        false => {
+            startup.abort();
+            None
+        }
+    };
 
     // Writes whose client hung up still run; their records are awaited here.
     let writes = state.writes();
@@ -100,7 +112,24 @@ pub async fn run(
         Ok(()) => tracing::info!("producer flushed; gateway stopped"),
         Err(e) => tracing::warn!(error = %e, "producer not fully flushed at the shutdown deadline"),
     }
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// `/readyz` `startup`: the topic and schema are prepared; until then, what keeps failing.
+fn startup_check(prepared: CancellationToken, health: Health) -> common::ops::Check {
+    check(move || {
+        let verdict = match prepared.is_cancelled() {
+            true => Ok(()),
+            false => Err(match health.verdict(Duration::ZERO) {
+                Ok(()) => "topic and schema not prepared yet".to_string(),
+                Err(problems) => format!("topic and schema not prepared yet: {problems}"),
+            }),
+        };
+        async move { verdict }
+    })
 }
 
 /// Serves until `shutdown`, then drains connections until `grace` has passed. Returns the
@@ -210,50 +239,73 @@ async fn serve_connection<Io>(
     }
 }
 
-/// Creates the topic (when configured) and registers the schema, retrying with backoff until both
-/// worked or shutdown. Until then `/readyz` says not ready; requests still try on their own and
-/// get 503 while the broker or registry is away.
+/// Creates the topic (when configured) and registers the schema, retrying what may succeed later
+/// with the `backoff` settings until both worked or `stop`. Until then `/readyz` says not ready
+/// (and why, through `health`); requests still try on their own and get 503 while the broker or
+/// registry is away. A broker that refuses the topic settings, or a registry that refuses the
+/// schema, cannot be waited out: that is an error, and the gateway stops.
 async fn prepare(
-    config: GatewayConfig,
-    publisher: KafkaPublisher,
-    done: CancellationToken,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    let mut topic_ready = !config.create_topic;
-    loop {
-        if !topic_ready {
-            let spec = TopicSpec {
-                name: config.topic.clone(),
-                partitions: config.topic_partitions,
-                replication: config.topic_replication,
-                // Kafka's default topic limit (1 MiB + 12) is below what the producer may send.
-                config: [(
-                    "max.message.bytes".to_string(),
-                    config.message_max_bytes().to_string(),
-                )]
-                .into(),
-            };
-            match common::kafka::ensure_topics(&config.kafka, &[spec], "topic_replication").await {
-                Ok(()) => topic_ready = true,
-                Err(e) => {
-                    tracing::warn!(topic = %config.topic, error = %e, "cannot create the topic yet; retrying")
-                }
+    config: &GatewayConfig,
+    publisher: &KafkaPublisher,
+    health: &Health,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let retry = |what: &'static str| Retry {
+        what,
+        backoff: config.backoff.backoff(),
+        cancel: stop,
+        health: Some(health),
+    };
+    if config.create_topic {
+        let spec = TopicSpec {
+            name: config.topic.clone(),
+            partitions: config.topic_partitions,
+            replication: config.topic_replication,
+            // Kafka's default topic limit (1 MiB + 12) is below what the producer may send.
+            config: [(
+                "max.message.bytes".to_string(),
+                config.message_max_bytes().to_string(),
+            )]
+            .into(),
+        };
+        let created = retry::until_cancelled(retry("creating the topic"), |_| {
+            let spec = spec.clone();
+            async move {
+                common::kafka::ensure_topics(&config.kafka, &[spec], "topic_replication")
+                    .await
+                    .map_err(|e| match e {
+                        e @ TopicError::Refused(_) => Verdict::GiveUp(e),
+                        e @ TopicError::Unavailable(_) => Verdict::Retry(e),
+                    })
+            }
+        })
+        .await;
+        match created {
+            Ok(()) => {}
+            Err(Stopped::Cancelled) => return Ok(()),
+            Err(Stopped::GaveUp { error, .. }) => {
+                anyhow::bail!("creating topic {}: {error}", config.topic)
             }
         }
-        if topic_ready {
-            match publisher.prepare().await {
-                Ok(id) => {
-                    tracing::info!(topic = %config.topic, schema_id = id, "schema registered");
-                    done.cancel();
-                    return;
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot register the schema yet; retrying"),
-            }
+    }
+    let registered = retry::until_cancelled(retry("registering the schema"), |_| async {
+        publisher.prepare().await.map_err(|e| match e {
+            e if e.is_transient() => Verdict::Retry(e),
+            e => Verdict::GiveUp(e),
+        })
+    })
+    .await;
+    match registered {
+        Ok(id) => {
+            tracing::info!(topic = %config.topic, schema_id = id, "schema registered");
+            Ok(())
         }
-        tokio::select! {
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-            () = shutdown.cancelled() => return,
+        Err(Stopped::Cancelled) => Ok(()),
+        Err(Stopped::GaveUp { error, .. }) => {
+            anyhow::bail!(
+                "setting `registry`: registering the schema of {}: {error}",
+                config.topic
+            )
         }
     }
 }

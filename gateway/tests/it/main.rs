@@ -515,6 +515,26 @@ async fn a_registry_outage_at_start_up_delays_readiness_not_start() {
     env.registry.stop();
     let gw = Gateway::start(config(&env, &topic)).await;
     assert!(!gw.ready().await);
+    // Readiness says what start-up is waiting for.
+    let gw_ref = &gw;
+    wait_until(
+        "/readyz to name the failing step",
+        Duration::from_secs(30),
+        || async move {
+            let text = gw_ref
+                .http
+                .get(gw_ref.url("/readyz"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.contains("registering the schema").then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let body = event_body("evt_registry", "cus_registry");
     let (status, retry_after, _) = gw.post(&body).await;
     assert_eq!(status, 503);
@@ -528,6 +548,33 @@ async fn a_registry_outage_at_start_up_delays_readiness_not_start() {
     let records = read_until(&env, &topic, "evt_sentinel").await;
     assert_eq!(count(&records, "evt_registry"), 1);
     gw.stop(Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_the_registry_refuses_stops_the_start_with_the_reason() {
+    let env = TestEnv::start().await.unwrap();
+    let topic = unique("stripe.events");
+    // The subject already holds a schema this build's record cannot evolve from.
+    let other = r#"{"type":"record","name":"Other","fields":[{"name":"only","type":"string"}]}"#;
+    let registered = reqwest::Client::new()
+        .post(format!("{}/subjects/{topic}-value/versions", env.registry.url()))
+        .header("content-type", "application/vnd.schemaregistry.v1+json")
+        .json(&serde_json::json!({ "schema": other }))
+        .send()
+        .await
+        .unwrap();
+    assert!(registered.status().is_success(), "{registered:?}");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        gateway::run(config(&env, &topic), listener, CancellationToken::new()),
+    )
+    .await
+    .expect("the start fails instead of retrying forever");
+    let err = format!("{:#}", result.unwrap_err());
+    assert!(err.contains("setting `registry`"), "{err}");
+    assert!(err.contains(&topic), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
