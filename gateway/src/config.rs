@@ -12,12 +12,25 @@ use std::{
 use common::config::{
     ConfigArgs, ConfigError, HumanDuration, KafkaSettings, RegistrySettings, Secret, Settings,
 };
-use common::telemetry::TelemetrySettings;
+use common::{retry::BackoffSettings, telemetry::TelemetrySettings};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 /// Stripe gives up on a delivery after about this long; every answer must come well before.
 pub const STRIPE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a record carries beside the raw body, at most: the verified `Stripe-Signature` header
+/// (headers over 8 KiB are refused before verification), the fields copied out of the body (ids,
+/// type, API version), the Avro and Confluent framing, the trace headers, and librdkafka's
+/// per-message framing. The producer's `message.max.bytes` is derived as `limits.max_body` plus
+/// this, so every body the gateway accepts fits in a record.
+pub const RECORD_OVERHEAD: usize = 16 * 1024;
+
+/// The librdkafka property that bounds one record, checked at enqueue.
+pub const MESSAGE_MAX_BYTES: &str = "message.max.bytes";
+
+/// librdkafka's upper bound on `message.max.bytes`.
+const MESSAGE_MAX_BYTES_CEILING: usize = 1_000_000_000;
 
 /// Everything the gateway can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +59,9 @@ pub struct GatewayConfig {
     pub limits: Limits,
     /// Memory of recently accepted event ids.
     pub dedup: DedupSettings,
+    /// Retry delays of the start-up steps (creating the topic, registering the schema) while the
+    /// broker or registry is away. Default 100 ms growing to 30 s.
+    pub backoff: BackoffSettings,
     /// Source addresses allowed to post webhooks (IPs or CIDR ranges). Empty (default): any.
     /// Stripe publishes its webhook IPs at <https://stripe.com/files/ips/ips_webhooks.txt>.
     pub allow_ips: IpList,
@@ -74,6 +90,7 @@ impl Default for GatewayConfig {
             webhook: WebhookSettings::default(),
             limits: Limits::default(),
             dedup: DedupSettings::default(),
+            backoff: BackoffSettings::default(),
             allow_ips: IpList::default(),
             trusted_proxies: IpList::default(),
             tls: TlsSettings::default(),
@@ -113,8 +130,16 @@ impl Default for WebhookSettings {
 pub struct Limits {
     /// Largest accepted body, bytes. Default 1 MiB (Stripe events are a few KiB).
     pub max_body: usize,
-    /// Webhook requests handled at once; more are answered 503 at once. Default 256.
+    /// Verified webhook requests being written at once; more are answered 503 at once. Default
+    /// 256. Taken only once the body is read and its signature verified, so slow or unsigned
+    /// uploads never hold one.
     pub max_in_flight: usize,
+    /// A client must send a request's headers within this; then the connection is closed.
+    /// Default 10 s.
+    pub header_read_timeout: HumanDuration,
+    /// A client must send the whole body within this, from the end of its headers; then 408.
+    /// Default 10 s. Must be less than `request_timeout`.
+    pub body_read_timeout: HumanDuration,
     /// Bound on one webhook request, body upload included; then 503. Default 15 s. Must be under
     /// Stripe's 30 s.
     pub request_timeout: HumanDuration,
@@ -131,6 +156,8 @@ impl Default for Limits {
         Limits {
             max_body: 1024 * 1024,
             max_in_flight: 256,
+            header_read_timeout: HumanDuration::secs(10),
+            body_read_timeout: HumanDuration::secs(10),
             request_timeout: HumanDuration::secs(15),
             produce_timeout: HumanDuration::secs(10),
             shutdown_timeout: HumanDuration::secs(20),
@@ -213,8 +240,27 @@ impl Settings for GatewayConfig {
                 "must be at least 1024 bytes",
             ));
         }
+        self.validate_record_size()?;
         if l.max_in_flight == 0 {
             return Err(ConfigError::invalid("limits.max_in_flight", "must be at least 1"));
+        }
+        if l.header_read_timeout.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "limits.header_read_timeout",
+                "must be above zero",
+            ));
+        }
+        if l.body_read_timeout.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "limits.body_read_timeout",
+                "must be above zero",
+            ));
+        }
+        if l.body_read_timeout >= l.request_timeout {
+            return Err(ConfigError::invalid(
+                "limits.body_read_timeout",
+                format!("must be less than limits.request_timeout ({})", l.request_timeout),
+            ));
         }
         if l.produce_timeout.0.is_zero() {
             return Err(ConfigError::invalid(
@@ -243,6 +289,7 @@ impl Settings for GatewayConfig {
                 ),
             ));
         }
+        self.backoff.validate("backoff")?;
         if self.dedup.capacity > 0 && self.dedup.ttl.0.is_zero() {
             return Err(ConfigError::invalid("dedup.ttl", "must be above zero"));
         }
@@ -285,6 +332,61 @@ impl GatewayConfig {
 
     pub fn produce_timeout(&self) -> Duration {
         self.limits.produce_timeout.into()
+    }
+
+    /// The largest record the producer takes (librdkafka's `message.max.bytes`): the user's
+    /// `kafka.properties.message.max.bytes` when set, else `limits.max_body` plus
+    /// [`RECORD_OVERHEAD`].
+    pub fn message_max_bytes(&self) -> usize {
+        self.user_message_max_bytes()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| self.limits.max_body.saturating_add(RECORD_OVERHEAD))
+    }
+
+    /// The Kafka settings the producer is created with: `kafka`, plus the derived
+    /// `message.max.bytes` unless the user set it.
+    pub fn producer_kafka(&self) -> KafkaSettings {
+        let mut kafka = self.kafka.clone();
+        kafka
+            .properties
+            .entry(MESSAGE_MAX_BYTES.to_string())
+            .or_insert_with(|| self.message_max_bytes().to_string());
+        kafka
+    }
+
+    fn user_message_max_bytes(&self) -> Option<Result<usize, std::num::ParseIntError>> {
+        self.kafka
+            .properties
+            .get(MESSAGE_MAX_BYTES)
+            .map(|v| v.trim().parse::<usize>())
+    }
+
+    /// A body of `limits.max_body` bytes must fit in one record, or a verified event could be
+    /// refused on every delivery until Stripe gives up on it.
+    fn validate_record_size(&self) -> Result<(), ConfigError> {
+        let setting = format!("kafka.properties.{MESSAGE_MAX_BYTES}");
+        let needed = self.limits.max_body.saturating_add(RECORD_OVERHEAD);
+        match self.user_message_max_bytes() {
+            None if needed > MESSAGE_MAX_BYTES_CEILING => Err(ConfigError::invalid(
+                "limits.max_body",
+                format!(
+                    "a record must hold the body plus {RECORD_OVERHEAD} bytes, and librdkafka's \
+                     {MESSAGE_MAX_BYTES} is at most {MESSAGE_MAX_BYTES_CEILING}"
+                ),
+            )),
+            None => Ok(()),
+            Some(Err(_)) => Err(ConfigError::invalid(setting, "must be a number of bytes")),
+            Some(Ok(set)) if set < needed => Err(ConfigError::invalid(
+                setting,
+                format!(
+                    "{set} is too small for limits.max_body ({}): a record holds the body plus up \
+                     to {RECORD_OVERHEAD} bytes, so it must be at least {needed}; raise it, lower \
+                     limits.max_body, or leave it unset to have it derived",
+                    self.limits.max_body
+                ),
+            )),
+            Some(Ok(_)) => Ok(()),
+        }
     }
 }
 
@@ -437,6 +539,9 @@ produce_timeout = "5s"
 [dedup]
 capacity = 10
 ttl = "1h"
+[backoff]
+initial = "50ms"
+max = "2s"
 "#,
         )
         .unwrap();
@@ -455,6 +560,7 @@ ttl = "1h"
         // IPv4-mapped IPv6 peers (a dual-stack listener) match IPv4 entries.
         assert!(c.allow_ips.contains("::ffff:10.0.0.1".parse().unwrap()));
         assert_eq!(c.dedup.capacity, 10);
+        assert_eq!(c.backoff.max, HumanDuration::secs(2));
     }
 
     #[test]
@@ -486,6 +592,18 @@ ttl = "1h"
                 "limits.max_body",
             ),
             (
+                vec![secret, ("GATEWAY_LIMITS__BODY_READ_TIMEOUT", "15s")],
+                "limits.body_read_timeout",
+            ),
+            (
+                vec![secret, ("GATEWAY_LIMITS__BODY_READ_TIMEOUT", "0s")],
+                "limits.body_read_timeout",
+            ),
+            (
+                vec![secret, ("GATEWAY_LIMITS__HEADER_READ_TIMEOUT", "0s")],
+                "limits.header_read_timeout",
+            ),
+            (
                 vec![secret, ("GATEWAY_WEBHOOK__TOLERANCE", "0s")],
                 "webhook.tolerance",
             ),
@@ -494,6 +612,18 @@ ttl = "1h"
                 "topic_partitions",
             ),
             (vec![secret, ("GATEWAY_TLS__CERT", "/tmp/cert.pem")], "tls"),
+            (
+                vec![secret, ("GATEWAY_BACKOFF__INITIAL", "0s")],
+                "backoff.initial",
+            ),
+            (
+                vec![
+                    secret,
+                    ("GATEWAY_BACKOFF__INITIAL", "5s"),
+                    ("GATEWAY_BACKOFF__MAX", "1s"),
+                ],
+                "backoff.max",
+            ),
             (
                 vec![secret, ("GATEWAY_ALLOW_IPS", "10.0.0.0/8,not-an-ip")],
                 "allow_ips",
@@ -508,6 +638,59 @@ ttl = "1h"
             let err = load(&pairs).unwrap_err().to_string();
             assert!(err.contains(setting), "{pairs:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_producer_record_limit_is_derived_from_the_body_limit() {
+        let secret = ("STRIPE_WEBHOOK_SECRET", "whsec_1");
+        let c = load(&[secret]).unwrap();
+        let derived = (1 << 20) + RECORD_OVERHEAD;
+        assert_eq!(c.message_max_bytes(), derived);
+        assert_eq!(
+            c.producer_kafka().properties.get(MESSAGE_MAX_BYTES),
+            Some(&derived.to_string()),
+            "above librdkafka's default of 1000000, so a 1 MiB body fits"
+        );
+        assert!(
+            !c.kafka.properties.contains_key(MESSAGE_MAX_BYTES),
+            "printed as set"
+        );
+
+        let c = load(&[secret, ("GATEWAY_LIMITS__MAX_BODY", "2097152")]).unwrap();
+        assert_eq!(c.message_max_bytes(), (2 << 20) + RECORD_OVERHEAD);
+
+        // A value the user set wins when it is large enough.
+        let c = load(&[
+            secret,
+            ("GATEWAY_KAFKA__PROPERTIES__MESSAGE.MAX.BYTES", "5000000"),
+        ]);
+        let c = c.unwrap();
+        assert_eq!(c.message_max_bytes(), 5_000_000);
+        assert_eq!(
+            c.producer_kafka().properties.get(MESSAGE_MAX_BYTES).unwrap(),
+            "5000000"
+        );
+    }
+
+    #[test]
+    fn a_record_limit_too_small_for_the_body_limit_stops_the_start() {
+        let mut c = load(&[("STRIPE_WEBHOOK_SECRET", "whsec_1")]).unwrap();
+        // librdkafka's default: smaller than a 1 MiB body.
+        c.kafka
+            .properties
+            .insert(MESSAGE_MAX_BYTES.into(), "1000000".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("kafka.properties.message.max.bytes"), "{err}");
+        assert!(err.contains("limits.max_body"), "{err}");
+        c.kafka
+            .properties
+            .insert(MESSAGE_MAX_BYTES.into(), "a lot".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("kafka.properties.message.max.bytes"), "{err}");
+        c.kafka.properties.clear();
+        c.limits.max_body = 2_000_000_000;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.max_body"), "{err}");
     }
 
     #[test]

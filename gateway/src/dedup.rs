@@ -1,6 +1,6 @@
 //! Recently accepted event ids, so a redelivery is answered 200 without being produced again, and
 //! single-flight for the same id arriving twice at once. Used by [`http`](crate::http) around the
-//! write to the [`sink`](crate::sink).
+//! write to the [`publish`](crate::publish).
 //!
 //! Bounded in count and in time: the oldest id goes first when full, and ids expire after the TTL.
 //! It is an optimisation, not the guarantee: downstream stays idempotent for every duplicate this

@@ -1,20 +1,21 @@
 //! From a verified body to the `StripeEvent` record and its Kafka key. Pure code, fed only by
 //! [`signature`](crate::signature) (a [`VerifiedEvent`] can only be built from a
-//! [`VerifiedPayload`]) and read by [`sink`](crate::sink).
+//! [`VerifiedPayload`]) and read by [`publish`](crate::publish).
 //!
 //! Parsing is lenient in the way Stripe asks of its integrations: unknown fields are ignored, and a
 //! null or unexpected type in any field the record does not require reads as "absent". Only what
 //! makes a body a Stripe event is required: `object: "event"`, a non-empty `id` and `type`, and an
 //! integer `created`. The raw bytes travel unchanged; nothing here re-serialises them.
 
-use std::{fmt, marker::PhantomData};
+mod lenient;
 
 use schemas::StripeEvent;
 use serde::{
-    Deserialize, Deserializer,
-    de::{IgnoredAny, MapAccess, SeqAccess, Visitor},
+    Deserialize,
+    de::{IgnoredAny, MapAccess},
 };
 
+use self::lenient::{Lenient, Shape};
 use crate::signature::VerifiedPayload;
 
 /// Why a verified body is not a Stripe event. The texts are safe to send back: they name the
@@ -163,50 +164,6 @@ struct ObjectHead {
     object: Option<String>,
 }
 
-/// A value kept only when the JSON has the expected shape; null or any other shape reads as
-/// absent instead of failing the whole body.
-struct Lenient<T>(Option<T>);
-
-impl<T> Default for Lenient<T> {
-    fn default() -> Self {
-        Lenient(None)
-    }
-}
-
-/// What a [`Lenient`] value accepts. Each method answers one JSON shape; the default is "absent".
-trait Shape: Sized {
-    fn from_str(_: &str) -> Option<Self> {
-        None
-    }
-    fn from_i64(_: i64) -> Option<Self> {
-        None
-    }
-    fn from_bool(_: bool) -> Option<Self> {
-        None
-    }
-    fn from_map<'de, A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
-        drain_map(map).map(|()| None)
-    }
-}
-
-impl Shape for String {
-    fn from_str(s: &str) -> Option<Self> {
-        Some(s.to_string())
-    }
-}
-
-impl Shape for i64 {
-    fn from_i64(n: i64) -> Option<Self> {
-        Some(n)
-    }
-}
-
-impl Shape for bool {
-    fn from_bool(b: bool) -> Option<Self> {
-        Some(b)
-    }
-}
-
 impl Shape for RequestHead {
     fn from_str(s: &str) -> Option<Self> {
         Some(RequestHead {
@@ -287,70 +244,6 @@ impl Shape for ObjectFields {
             }
         }
         Ok(Some(ObjectFields(head)))
-    }
-}
-
-fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
-    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-    Ok(())
-}
-
-impl<'de, T: Shape> Deserialize<'de> for Lenient<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer
-            .deserialize_any(LenientVisitor(PhantomData))
-            .map(Lenient)
-    }
-}
-
-struct LenientVisitor<T>(PhantomData<T>);
-
-impl<'de, T: Shape> Visitor<'de> for LenientVisitor<T> {
-    type Value = Option<T>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(T::from_bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(T::from_i64(v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(i64::try_from(v).ok().and_then(T::from_i64))
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(T::from_str(v))
-    }
-
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_none<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        Lenient::<T>::deserialize(d).map(|l| l.0)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(None)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        T::from_map(map)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The HTTP surface: `POST /webhooks/stripe` plus the ops routes. The handler is a thin adapter:
-//! admission (in-flight cap, source address, content type, body size), then the pure steps
-//! ([`signature`](crate::signature), [`event`](crate::event)), then dedup and the write to the
-//! [`Sink`]. It answers 200 only after the sink reports the event durable (or it was already).
+//! admission (source address, content type, body size, body read time), then the pure steps
+//! ([`signature`](crate::signature), [`event`](crate::event)), then the in-flight cap, dedup and
+//! the write to the
+//! [`Publisher`]. It answers 200 only after the publisher reports the event durable (or it was already).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -31,8 +32,8 @@ use crate::{
     error::GatewayError,
     event::VerifiedEvent,
     metrics::{Metrics, Outcome},
+    publish::{PublishError, Publisher},
     signature::{SignatureError, Verifier},
-    sink::{Sink, SinkError},
 };
 
 /// The webhook path Stripe is configured with.
@@ -55,13 +56,15 @@ struct Shared {
     allow_ips: IpList,
     trusted_proxies: IpList,
     dedup: Dedup,
-    sink: Arc<dyn Sink>,
+    publisher: Arc<dyn Publisher>,
     metrics: Metrics,
     registry: Arc<Registry>,
     max_body: usize,
     request_timeout: std::time::Duration,
+    body_read_timeout: std::time::Duration,
     produce_timeout: std::time::Duration,
-    /// `limits.max_in_flight` permits; a request that finds none is answered 503 at once.
+    /// `limits.max_in_flight` permits, taken once the event is verified; a verified request that
+    /// finds none is answered 503 at once.
     permits: Arc<Semaphore>,
     /// The writes, which outlive a client that hangs up, so shutdown can wait for them.
     writes: TaskTracker,
@@ -77,9 +80,9 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    pub fn new(config: &GatewayConfig, sink: Arc<dyn Sink>) -> Self {
+    pub fn new(config: &GatewayConfig, publisher: Arc<dyn Publisher>) -> Self {
         let (metrics, mut registry) = Metrics::new();
-        sink.register_metrics(&mut registry);
+        publisher.register_metrics(&mut registry);
         let webhook = &config.webhook;
         AppState {
             shared: Arc::new(Shared {
@@ -92,11 +95,12 @@ impl AppState {
                 allow_ips: config.allow_ips.clone(),
                 trusted_proxies: config.trusted_proxies.clone(),
                 dedup: Dedup::new(config.dedup.capacity, config.dedup.ttl.into()),
-                sink,
+                publisher,
                 metrics,
                 registry: Arc::new(registry),
                 max_body: config.limits.max_body,
                 request_timeout: config.limits.request_timeout.into(),
+                body_read_timeout: config.limits.body_read_timeout.into(),
                 produce_timeout: config.limits.produce_timeout.into(),
                 permits: Arc::new(Semaphore::new(config.limits.max_in_flight)),
                 writes: TaskTracker::new(),
@@ -105,7 +109,7 @@ impl AppState {
         }
     }
 
-    /// Adds a `/readyz` check beside the sink's own (must be called before [`app`]).
+    /// Adds a `/readyz` check beside the publisher's own (must be called before [`app`]).
     pub fn with_check(mut self, name: &'static str, check: Check) -> Self {
         match Arc::get_mut(&mut self.shared) {
             Some(shared) => shared.extra_checks.push((name, check)),
@@ -126,7 +130,7 @@ impl AppState {
 
 /// The router: the webhook route plus `/healthz`, `/readyz` and `/metrics`.
 pub fn app(state: AppState) -> Router {
-    let mut checks = state.shared.sink.checks();
+    let mut checks = state.shared.publisher.checks();
     checks.extend(state.shared.extra_checks.iter().cloned());
     let ops = common::ops::router(state.shared.registry.clone(), checks);
     Router::new()
@@ -164,12 +168,6 @@ async fn webhook(State(state): State<AppState>, request: Request) -> Response {
     let span = tracing::info_span!("webhook", event_id = Empty, event_type = Empty);
     let shared = &state.shared;
     let result = async {
-        let _permit = shared
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| GatewayError::Overloaded)?;
-        let _in_flight = shared.metrics.in_flight();
         tokio::time::timeout(shared.request_timeout, state.handle(request))
             .await
             .unwrap_or(Err(GatewayError::Timeout(shared.request_timeout)))
@@ -200,7 +198,14 @@ impl AppState {
         let (parts, body) = request.into_parts();
         self.check_source(&parts)?;
         check_content_type(&parts.headers)?;
-        let body = read_body(body, &parts.headers, shared.max_body).await?;
+        // No permit is held while the body arrives: a slow or unsigned upload costs its own
+        // connection and the bytes it sent, never a slot verified events need.
+        let body = tokio::time::timeout(
+            shared.body_read_timeout,
+            read_body(body, &parts.headers, shared.max_body),
+        )
+        .await
+        .map_err(|_| GatewayError::BodyTimeout(shared.body_read_timeout))??;
 
         let mut signatures = parts.headers.get_all("stripe-signature").iter();
         let header = signatures.next().map(|v| v.as_bytes());
@@ -223,6 +228,12 @@ impl AppState {
             });
         }
 
+        let _permit = shared
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GatewayError::Overloaded)?;
+        let _in_flight = shared.metrics.in_flight();
         loop {
             match shared.dedup.admit(&event_id, Instant::now()) {
                 Admission::Duplicate => {
@@ -236,7 +247,7 @@ impl AppState {
                 // rather than write it twice (the request timeout bounds the wait).
                 Admission::Follower(writer) => writer.wait().await,
                 Admission::Leader(leader) => {
-                    let sink = shared.sink.clone();
+                    let publisher = shared.publisher.clone();
                     let metrics = shared.metrics.clone();
                     let budget = shared.produce_timeout;
                     // The write runs as its own task so it completes, and is remembered as
@@ -244,7 +255,7 @@ impl AppState {
                     let write = shared.writes.spawn(
                         async move {
                             let started = Instant::now();
-                            let result = sink.write(&event, budget).await;
+                            let result = publisher.write(&event, budget).await;
                             match &result {
                                 Ok(written) => {
                                     metrics.produced(started.elapsed().as_secs_f64());
@@ -255,6 +266,7 @@ impl AppState {
                                         "event written"
                                     );
                                 }
+                                Err(PublishError::TooLarge { .. }) => metrics.event_too_large(),
                                 Err(e) => metrics.write_failure(e.dependency()),
                             }
                             result
@@ -267,7 +279,7 @@ impl AppState {
                             event_id,
                         }),
                         Ok(Err(e)) => Err(e.into()),
-                        Err(join) => Err(SinkError::Aborted(join.to_string()).into()),
+                        Err(join) => Err(PublishError::Aborted(join.to_string()).into()),
                     };
                 }
             }
@@ -335,6 +347,10 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
+/// The most memory a body gets before its bytes arrive, whatever its `Content-Length` says;
+/// beyond this the buffer grows only as bytes are received.
+const INITIAL_BODY_CAPACITY: usize = 16 * 1024;
+
 /// Reads the whole body, refusing (without reading further) once it passes `limit`.
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, GatewayError> {
     let declared = headers
@@ -344,7 +360,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(GatewayError::TooLarge { limit });
     }
-    let capacity = declared.map_or(8 * 1024, |n| n as usize);
+    let capacity = initial_capacity(declared);
     let mut buf = BytesMut::with_capacity(capacity);
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
@@ -355,6 +371,13 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// A declared length is a claim, not bytes: at most [`INITIAL_BODY_CAPACITY`] is reserved for it.
+fn initial_capacity(declared: Option<u64>) -> usize {
+    declared.map_or(8 * 1024, |n| {
+        usize::try_from(n).map_or(INITIAL_BODY_CAPACITY, |n| n.min(INITIAL_BODY_CAPACITY))
+    })
 }
 
 fn unix_millis(t: SystemTime) -> i64 {

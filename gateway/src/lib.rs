@@ -4,13 +4,16 @@
 //! delivers it again.
 //!
 //! * [`signature`] — `Stripe-Signature` parsing and verification; builds [`VerifiedPayload`].
-//! * [`event`] — lenient parsing of a verified body into the `StripeEvent` record and its key.
+//! * [`event`] — parsing a verified body into the `StripeEvent` record and its key; its
+//!   `lenient` submodule reads each field so that null or an unexpected shape is "absent".
 //! * [`dedup`] — recently accepted event ids and single-flight for concurrent duplicates.
-//! * [`sink`] — the durable write: Avro via the schema registry, idempotent `acks=all` produce.
+//! * [`publish`] — the durable write ([`publish::Publisher`]): Avro via the schema registry,
+//!   idempotent `acks=all` produce.
 //! * [`http`] — the axum router and handler; [`error`] — the one error-to-response mapping.
 //! * [`metrics`] — `gateway_*` Prometheus metrics.
 //! * [`config`] — settings, defaults and validation; [`tls`] — optional rustls termination.
-//! * [`run`] — serve until shutdown, then drain and flush within a deadline.
+//! * [`run`] (`server`) — accept connections (header read time bounded), serve until shutdown,
+//!   then drain and flush within a deadline.
 //!
 //! Neighbours: `schemas` (record and codec), `common` (config, Kafka clients, ops routes,
 //! telemetry), and downstream the enricher, which reads `stripe.events`.
@@ -21,9 +24,9 @@ pub mod error;
 pub mod event;
 pub mod http;
 pub mod metrics;
+pub mod publish;
 mod server;
 pub mod signature;
-pub mod sink;
 pub mod tls;
 
 pub use config::GatewayConfig;

@@ -28,6 +28,8 @@ pub enum Outcome {
     MethodNotAllowed,
     /// Body over the limit: 413.
     TooLarge,
+    /// The body did not arrive within `limits.body_read_timeout`: 408.
+    BodyTimeout,
     /// Content type other than JSON: 415.
     UnsupportedMediaType,
     /// Broker or registry could not take the write in time: 503.
@@ -39,7 +41,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Accepted,
         Outcome::Duplicate,
         Outcome::Ignored,
@@ -48,6 +50,7 @@ impl Outcome {
         Outcome::Forbidden,
         Outcome::MethodNotAllowed,
         Outcome::TooLarge,
+        Outcome::BodyTimeout,
         Outcome::UnsupportedMediaType,
         Outcome::Unavailable,
         Outcome::Overloaded,
@@ -64,6 +67,7 @@ impl Outcome {
             Outcome::Forbidden => "forbidden",
             Outcome::MethodNotAllowed => "method_not_allowed",
             Outcome::TooLarge => "too_large",
+            Outcome::BodyTimeout => "body_timeout",
             Outcome::UnsupportedMediaType => "unsupported_media_type",
             Outcome::Unavailable => "unavailable",
             Outcome::Overloaded => "overloaded",
@@ -99,6 +103,8 @@ pub struct Metrics {
     request_duration: Histogram,
     in_flight: Gauge,
     duplicates: Counter,
+    /// Verified events answered 413 because their record is over the broker's limit.
+    events_too_large: Counter,
 }
 
 impl Metrics {
@@ -116,6 +122,7 @@ impl Metrics {
             request_duration: Histogram::new(buckets),
             in_flight: Gauge::default(),
             duplicates: Counter::default(),
+            events_too_large: Counter::default(),
         };
         registry.register(
             "requests",
@@ -146,13 +153,18 @@ impl Metrics {
         );
         registry.register(
             "in_flight_requests",
-            "Webhook requests being handled now",
+            "Verified webhook events being written now",
             m.in_flight.clone(),
         );
         registry.register(
             "duplicates",
             "Deliveries of an event already accepted, answered without writing",
             m.duplicates.clone(),
+        );
+        registry.register(
+            "events_too_large",
+            "Verified events refused with 413 because their record is over the broker's limit",
+            m.events_too_large.clone(),
         );
         // Every series exists from the start, so rates and alerts work before the first event.
         for outcome in Outcome::ALL {
@@ -191,6 +203,10 @@ impl Metrics {
         self.write_failures
             .get_or_create(&DependencyLabel { dependency })
             .inc();
+    }
+
+    pub fn event_too_large(&self) {
+        self.events_too_large.inc();
     }
 
     pub fn produced(&self, seconds: f64) {

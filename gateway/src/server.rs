@@ -6,30 +6,34 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::{Router, extract::connect_info::Connected, serve::IncomingStream};
-use common::{kafka::TopicSpec, ops::check, retry::Backoff};
+use axum::{
+    Router,
+    body::Body,
+    extract::{ConnectInfo, Request},
+    serve::Listener,
+};
+use common::{
+    health::Health,
+    kafka::{TopicError, TopicSpec},
+    ops::check,
+    retry::{self, Retry, Stopped, Verdict},
+};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
 use schemas::Codec;
 use tokio::{net::TcpListener, time::Instant};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::Service;
 
 use crate::{
     config::GatewayConfig,
     http::{AppState, PeerAddr, app},
-    sink::KafkaSink,
+    publish::KafkaPublisher,
     tls::{self, TlsListener},
 };
-
-impl Connected<IncomingStream<'_, TcpListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled, then shuts down within
 /// `limits.shutdown_timeout`. Fails only on a configuration it cannot start with (TLS files, the
@@ -46,33 +50,53 @@ pub async fn run(
     };
     let codec = Codec::new(&config.registry.codec_config())
         .context("setting `registry`: cannot create the schema registry client")?;
-    let sink = KafkaSink::connect(&config.kafka, config.produce_timeout(), codec, &config.topic)
-        .await
-        .context("setting `kafka`: cannot create the Kafka producer")?;
+    let publisher = KafkaPublisher::connect(
+        &config.producer_kafka(),
+        config.produce_timeout(),
+        codec,
+        &config.topic,
+    )
+    .await
+    .context("setting `kafka`: cannot create the Kafka producer")?;
 
     // Cancelled (used as a set-once flag) once the topic and schema are prepared.
     let prepared = CancellationToken::new();
-    let is_prepared = prepared.clone();
-    let state = AppState::new(&config, Arc::new(sink.clone())).with_check(
-        "startup",
-        check(move || {
-            let done = is_prepared.is_cancelled();
-            async move {
-                match done {
-                    true => Ok(()),
-                    false => Err("topic and schema not prepared yet".to_string()),
+    // Why preparing has not worked yet, for `/readyz`.
+    let startup_health = Health::new();
+    let state = AppState::new(&config, Arc::new(publisher.clone()))
+        .with_check("startup", startup_check(prepared.clone(), startup_health.clone()));
+    // Serving stops on shutdown, or when preparing fails for good.
+    let stop = shutdown.child_token();
+    let startup = tokio::spawn({
+        let (config, publisher, stop) = (config.clone(), publisher.clone(), stop.clone());
+        async move {
+            let result = prepare(&config, &publisher, &startup_health, &stop).await;
+            match &result {
+                Ok(()) => prepared.cancel(),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot prepare the topic and schema; stopping");
+                    stop.cancel();
                 }
             }
-        }),
-    );
-    let startup = tokio::spawn(prepare(config.clone(), sink.clone(), prepared, shutdown.clone()));
+            result
+        }
+    });
     let router = app(state.clone());
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, tls = tls.is_some(), topic = %config.topic, "gateway listening");
-    let grace: Duration = config.limits.shutdown_timeout.into();
-    let deadline = serve(listener, tls, router, &shutdown, grace).await?;
-    startup.abort();
+    let limits = ConnectionLimits {
+        header_read_timeout: config.limits.header_read_timeout.into(),
+        grace: config.limits.shutdown_timeout.into(),
+    };
+    let deadline = serve(listener, tls, router, &stop, limits).await?;
+    let failed = match startup.is_finished() {
+        true => startup.await.ok().and_then(Result::err),
+        false => {
+            startup.abort();
+            None
+        }
+    };
 
     // Writes whose client hung up still run; their records are awaited here.
     let writes = state.writes();
@@ -84,11 +108,28 @@ pub async fn run(
         );
     }
     let remaining = deadline.saturating_duration_since(Instant::now());
-    match sink.flush(remaining).await {
+    match publisher.flush(remaining).await {
         Ok(()) => tracing::info!("producer flushed; gateway stopped"),
         Err(e) => tracing::warn!(error = %e, "producer not fully flushed at the shutdown deadline"),
     }
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// `/readyz` `startup`: the topic and schema are prepared; until then, what keeps failing.
+fn startup_check(prepared: CancellationToken, health: Health) -> common::ops::Check {
+    check(move || {
+        let verdict = match prepared.is_cancelled() {
+            true => Ok(()),
+            false => Err(match health.verdict(Duration::ZERO) {
+                Ok(()) => "topic and schema not prepared yet".to_string(),
+                Err(problems) => format!("topic and schema not prepared yet: {problems}"),
+            }),
+        };
+        async move { verdict }
+    })
 }
 
 /// Serves until `shutdown`, then drains connections until `grace` has passed. Returns the
@@ -98,81 +139,173 @@ async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     router: Router,
     shutdown: &CancellationToken,
-    grace: Duration,
+    limits: ConnectionLimits,
 ) -> anyhow::Result<Instant> {
-    let signal = shutdown.clone().cancelled_owned();
-    let make_service = router.into_make_service_with_connect_info::<PeerAddr>();
-    let server: futures::future::BoxFuture<'static, std::io::Result<()>> = match tls {
-        None => Box::pin(
-            axum::serve(listener, make_service)
-                .with_graceful_shutdown(signal)
-                .into_future(),
-        ),
-        Some(acceptor) => Box::pin(
-            axum::serve(TlsListener::new(listener, acceptor)?, make_service)
-                .with_graceful_shutdown(signal)
-                .into_future(),
-        ),
-    };
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => {
-            result.context("serving HTTP")?;
-            return Ok(Instant::now());
+    match tls {
+        None => serve_connections(listener, router, shutdown, limits).await,
+        Some(acceptor) => {
+            let listener = TlsListener::new(listener, acceptor)?;
+            serve_connections(listener, router, shutdown, limits).await
         }
-        () = shutdown.cancelled() => {}
     }
-    let deadline = Instant::now() + grace;
+}
+
+/// How connections are bounded, from `limits`.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    /// A client must send a request's headers within this (`limits.header_read_timeout`), so a
+    /// connection that trickles headers is closed instead of held.
+    header_read_timeout: Duration,
+    /// How long open connections get to finish after shutdown starts.
+    grace: Duration,
+}
+
+/// Accepts connections until `shutdown` and serves each on its own task with hyper, HTTP/1.1
+/// headers bounded in time. axum's own `serve` sets no timer, so hyper's header timeout would not
+/// apply. On shutdown it stops accepting, asks every connection to finish its request in hand,
+/// and waits for them until the grace period has passed.
+async fn serve_connections<L>(
+    mut listener: L,
+    router: Router,
+    shutdown: &CancellationToken,
+    limits: ConnectionLimits,
+) -> anyhow::Result<Instant>
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    let connections = TaskTracker::new();
+    loop {
+        // `accept` retries failed accepts itself (after a pause), so it only ever yields one.
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(serve_connection(io, peer, router, shutdown, limits));
+    }
+    // Dropping the listener stops accepting (and aborts the TLS handshakes under way).
+    drop(listener);
+    let deadline = Instant::now() + limits.grace;
     tracing::info!(
-        ?grace,
+        grace = ?limits.grace,
         "shutting down: no new connections; finishing in-flight requests"
     );
-    match tokio::time::timeout_at(deadline, &mut server).await {
-        Ok(result) => result.context("serving HTTP")?,
-        Err(_) => tracing::warn!("connections still open at the shutdown deadline; closing them"),
+    connections.close();
+    if tokio::time::timeout_at(deadline, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open at the shutdown deadline; closing them"
+        );
     }
     Ok(deadline)
 }
 
-/// Creates the topic (when configured) and registers the schema, retrying with backoff until both
-/// worked or shutdown. Until then `/readyz` says not ready; requests still try on their own and
-/// get 503 while the broker or registry is away.
-async fn prepare(
-    config: GatewayConfig,
-    sink: KafkaSink,
-    done: CancellationToken,
+async fn serve_connection<Io>(
+    io: Io,
+    peer: SocketAddr,
+    router: Router,
     shutdown: CancellationToken,
-) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    let mut topic_ready = !config.create_topic;
-    loop {
-        if !topic_ready {
-            let spec = TopicSpec {
-                name: config.topic.clone(),
-                partitions: config.topic_partitions,
-                replication: config.topic_replication,
-                config: Default::default(),
-            };
-            match common::kafka::ensure_topics(&config.kafka, &[spec], "topic_replication").await {
-                Ok(()) => topic_ready = true,
-                Err(e) => {
-                    tracing::warn!(topic = %config.topic, error = %e, "cannot create the topic yet; retrying")
-                }
+    limits: ConnectionLimits,
+) where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
+        router.clone().call(request)
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        () = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+    }
+    if let Err(e) = connection.await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error during shutdown");
+    }
+}
+
+/// Creates the topic (when configured) and registers the schema, retrying what may succeed later
+/// with the `backoff` settings until both worked or `stop`. Until then `/readyz` says not ready
+/// (and why, through `health`); requests still try on their own and get 503 while the broker or
+/// registry is away. A broker that refuses the topic settings, or a registry that refuses the
+/// schema, cannot be waited out: that is an error, and the gateway stops.
+async fn prepare(
+    config: &GatewayConfig,
+    publisher: &KafkaPublisher,
+    health: &Health,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let retry = |what: &'static str| Retry {
+        what,
+        backoff: config.backoff.backoff(),
+        cancel: stop,
+        health: Some(health),
+    };
+    if config.create_topic {
+        let spec = TopicSpec {
+            name: config.topic.clone(),
+            partitions: config.topic_partitions,
+            replication: config.topic_replication,
+            // Kafka's default topic limit (1 MiB + 12) is below what the producer may send.
+            config: [(
+                "max.message.bytes".to_string(),
+                config.message_max_bytes().to_string(),
+            )]
+            .into(),
+        };
+        let created = retry::until_cancelled(retry("creating the topic"), |_| {
+            let spec = spec.clone();
+            async move {
+                common::kafka::ensure_topics(&config.kafka, &[spec], "topic_replication")
+                    .await
+                    .map_err(|e| match e {
+                        e @ TopicError::Refused(_) => Verdict::GiveUp(e),
+                        e @ TopicError::Unavailable(_) => Verdict::Retry(e),
+                    })
+            }
+        })
+        .await;
+        match created {
+            Ok(()) => {}
+            Err(Stopped::Cancelled) => return Ok(()),
+            Err(Stopped::GaveUp { error, .. }) => {
+                anyhow::bail!("creating topic {}: {error}", config.topic)
             }
         }
-        if topic_ready {
-            match sink.prepare().await {
-                Ok(id) => {
-                    tracing::info!(topic = %config.topic, schema_id = id, "schema registered");
-                    done.cancel();
-                    return;
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot register the schema yet; retrying"),
-            }
+    }
+    let registered = retry::until_cancelled(retry("registering the schema"), |_| async {
+        publisher.prepare().await.map_err(|e| match e {
+            e if e.is_transient() => Verdict::Retry(e),
+            e => Verdict::GiveUp(e),
+        })
+    })
+    .await;
+    match registered {
+        Ok(id) => {
+            tracing::info!(topic = %config.topic, schema_id = id, "schema registered");
+            Ok(())
         }
-        tokio::select! {
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-            () = shutdown.cancelled() => return,
+        Err(Stopped::Cancelled) => Ok(()),
+        Err(Stopped::GaveUp { error, .. }) => {
+            anyhow::bail!(
+                "setting `registry`: registering the schema of {}: {error}",
+                config.topic
+            )
         }
     }
 }

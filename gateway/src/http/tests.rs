@@ -1,4 +1,4 @@
-//! The HTTP answers, driven in-process through the router with a sink that needs no broker.
+//! The HTTP answers, driven in-process through the router with a publisher that needs no broker.
 
 use std::{
     sync::{
@@ -18,35 +18,38 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::{
+    publish::Written,
     signature::{now_unix, signature_header},
-    sink::Written,
 };
 
 const SECRET: &str = "whsec_http_tests";
 
-/// A sink that records what it was given; can be made to fail or to wait for a gate.
-struct FakeSink {
+/// A publisher that records what it was given; can be made to fail or to wait for a gate.
+struct FakePublisher {
     written: Mutex<Vec<StripeEvent>>,
     calls: AtomicUsize,
     fail: AtomicBool,
+    /// Refuse every record as over the broker's limit.
+    too_large: AtomicBool,
     gate: Semaphore,
 }
 
-impl FakeSink {
+impl FakePublisher {
     fn new() -> Arc<Self> {
-        Arc::new(FakeSink {
+        Arc::new(FakePublisher {
             written: Mutex::new(Vec::new()),
             calls: AtomicUsize::new(0),
             fail: AtomicBool::new(false),
+            too_large: AtomicBool::new(false),
             gate: Semaphore::new(Semaphore::MAX_PERMITS),
         })
     }
 
-    /// A sink whose writes wait until [`FakeSink::open`].
+    /// A publisher whose writes wait until [`FakePublisher::open`].
     fn gated() -> Arc<Self> {
-        let sink = FakeSink::new();
-        sink.gate.forget_permits(Semaphore::MAX_PERMITS);
-        sink
+        let publisher = FakePublisher::new();
+        publisher.gate.forget_permits(Semaphore::MAX_PERMITS);
+        publisher
     }
 
     fn open(&self, n: usize) {
@@ -58,18 +61,24 @@ impl FakeSink {
     }
 }
 
-impl Sink for FakeSink {
+impl Publisher for FakePublisher {
     fn write<'a>(
         &'a self,
         event: &'a VerifiedEvent,
         _budget: std::time::Duration,
-    ) -> BoxFuture<'a, Result<Written, SinkError>> {
+    ) -> BoxFuture<'a, Result<Written, PublishError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let _permit = self.gate.acquire().await.expect("gate stays open");
             if self.fail.load(Ordering::SeqCst) {
                 // An internal detail that must never reach the caller.
-                return Err(SinkError::Aborted("broker-7.internal:9092 refused".into()));
+                return Err(PublishError::Aborted("broker-7.internal:9092 refused".into()));
+            }
+            if self.too_large.load(Ordering::SeqCst) {
+                return Err(PublishError::TooLarge {
+                    size: 1_100_000,
+                    limit: 1_064_960,
+                });
             }
             let mut written = self.written.lock().unwrap();
             written.push(event.record().clone());
@@ -92,8 +101,8 @@ fn config() -> GatewayConfig {
     c
 }
 
-fn router(config: &GatewayConfig, sink: Arc<FakeSink>) -> Router {
-    app(AppState::new(config, sink))
+fn router(config: &GatewayConfig, publisher: Arc<FakePublisher>) -> Router {
+    app(AppState::new(config, publisher))
 }
 
 fn event_body(id: &str, kind: &str) -> String {
@@ -136,13 +145,13 @@ async fn metrics_text(app: &Router) -> String {
 
 #[tokio::test]
 async fn a_verified_event_is_written_then_acknowledged() {
-    let sink = FakeSink::new();
-    let app = router(&config(), sink.clone());
+    let publisher = FakePublisher::new();
+    let app = router(&config(), publisher.clone());
     let body = event_body("evt_ok", "customer.created");
     let (status, _, json) = send(&app, signed(&body)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json, serde_json::json!({"received": true, "id": "evt_ok"}));
-    let written = sink.written();
+    let written = publisher.written();
     assert_eq!(written.len(), 1);
     assert_eq!(written[0].raw_body, body.as_bytes());
     assert_eq!(written[0].object_id.as_deref(), Some("cus_evt_ok"));
@@ -160,8 +169,8 @@ async fn a_verified_event_is_written_then_acknowledged() {
 
 #[tokio::test]
 async fn every_refusal_has_its_status_and_reason() {
-    let sink = FakeSink::new();
-    let app = router(&config(), sink.clone());
+    let publisher = FakePublisher::new();
+    let app = router(&config(), publisher.clone());
     let body = event_body("evt_1", "customer.created");
     let now = now_unix();
     let with_header = |h: &str| {
@@ -302,7 +311,7 @@ async fn every_refusal_has_its_status_and_reason() {
             assert_eq!(headers.get("allow").unwrap(), "POST");
         }
     }
-    assert!(sink.written().is_empty(), "nothing refused is ever written");
+    assert!(publisher.written().is_empty(), "nothing refused is ever written");
     let metrics = metrics_text(&app).await;
     for line in [
         r#"gateway_verification_failures_total{reason="missing_header"} 1"#,
@@ -321,10 +330,10 @@ async fn every_refusal_has_its_status_and_reason() {
 
 #[tokio::test]
 async fn a_failed_write_is_503_without_details_and_is_not_remembered() {
-    let sink = FakeSink::new();
-    let app = router(&config(), sink.clone());
+    let publisher = FakePublisher::new();
+    let app = router(&config(), publisher.clone());
     let body = event_body("evt_retry", "customer.updated");
-    sink.fail.store(true, Ordering::SeqCst);
+    publisher.fail.store(true, Ordering::SeqCst);
     let (status, headers, json) = send(&app, signed(&body)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(headers.contains_key("retry-after"));
@@ -332,42 +341,64 @@ async fn a_failed_write_is_503_without_details_and_is_not_remembered() {
         json,
         serde_json::json!({"error": "Event could not be stored; retry later"})
     );
-    sink.fail.store(false, Ordering::SeqCst);
+    publisher.fail.store(false, Ordering::SeqCst);
     let (status, _, _) = send(&app, signed(&body)).await;
     assert_eq!(status, StatusCode::OK, "Stripe's retry is written");
-    assert_eq!(sink.written().len(), 1);
+    assert_eq!(publisher.written().len(), 1);
 }
 
 #[tokio::test]
 async fn duplicates_are_acknowledged_without_writing_again() {
-    let sink = FakeSink::new();
-    let app = router(&config(), sink.clone());
+    let publisher = FakePublisher::new();
+    let app = router(&config(), publisher.clone());
     let body = event_body("evt_dup", "customer.updated");
     assert_eq!(send(&app, signed(&body)).await.0, StatusCode::OK);
     // Stripe signs every attempt afresh: a different header, the same event.
     let (status, _, json) = send(&app, signed_with(&body, SECRET, now_unix() - 5)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json["duplicate"], true);
-    assert_eq!(sink.written().len(), 1);
+    assert_eq!(publisher.written().len(), 1);
     assert!(metrics_text(&app).await.contains("gateway_duplicates_total 1"));
 }
 
 #[tokio::test]
 async fn concurrent_duplicates_write_once() {
-    let sink = FakeSink::gated();
-    let app = router(&config(), sink.clone());
+    let publisher = FakePublisher::gated();
+    let app = router(&config(), publisher.clone());
     let body = event_body("evt_race", "customer.updated");
     let requests: Vec<_> = (0..5)
         .map(|_| tokio::spawn(send_owned(app.clone(), signed(&body))))
         .collect();
-    // Wait until the first write reached the sink, then let it finish.
-    harness_wait(|| sink.calls.load(Ordering::SeqCst) == 1).await;
-    sink.open(100);
+    // Wait until the first write reached the publisher, then let it finish.
+    harness_wait(|| publisher.calls.load(Ordering::SeqCst) == 1).await;
+    publisher.open(100);
     for r in requests {
         assert_eq!(r.await.unwrap(), StatusCode::OK);
     }
-    assert_eq!(sink.calls.load(Ordering::SeqCst), 1);
-    assert_eq!(sink.written().len(), 1);
+    assert_eq!(publisher.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(publisher.written().len(), 1);
+}
+
+#[tokio::test]
+async fn a_verified_event_over_the_record_limit_is_413_and_counted() {
+    let publisher = FakePublisher::new();
+    let app = router(&config(), publisher.clone());
+    publisher.too_large.store(true, Ordering::SeqCst);
+    let (status, headers, json) = send(&app, signed(&event_body("evt_big", "x"))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{json}");
+    assert!(!headers.contains_key("retry-after"));
+    assert_eq!(
+        json["error"],
+        "Event is too large to store: its record would be 1100000 bytes, over the broker limit of 1064960 bytes"
+    );
+    let metrics = metrics_text(&app).await;
+    for line in [
+        "gateway_events_too_large_total 1",
+        r#"gateway_requests_total{outcome="too_large"} 1"#,
+        r#"gateway_write_failures_total{dependency="kafka"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
 }
 
 async fn send_owned(app: Router, request: Request<Body>) -> StatusCode {
@@ -388,19 +419,19 @@ async fn harness_wait(mut cond: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn overload_is_answered_at_once_not_queued() {
-    let sink = FakeSink::gated();
+    let publisher = FakePublisher::gated();
     let mut c = config();
     c.limits.max_in_flight = 2;
-    let app = router(&c, sink.clone());
+    let app = router(&c, publisher.clone());
     let first = tokio::spawn(send_owned(app.clone(), signed(&event_body("evt_a", "x"))));
     let second = tokio::spawn(send_owned(app.clone(), signed(&event_body("evt_b", "x"))));
-    harness_wait(|| sink.calls.load(Ordering::SeqCst) == 2).await;
+    harness_wait(|| publisher.calls.load(Ordering::SeqCst) == 2).await;
     let (status, headers, json) = send(&app, signed(&event_body("evt_c", "x"))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(headers.contains_key("retry-after"));
     assert_eq!(json["error"], "Too many requests in flight; retry later");
     assert!(metrics_text(&app).await.contains("gateway_in_flight_requests 2"));
-    sink.open(10);
+    publisher.open(10);
     assert_eq!(first.await.unwrap(), StatusCode::OK);
     assert_eq!(second.await.unwrap(), StatusCode::OK);
     assert_eq!(
@@ -409,20 +440,71 @@ async fn overload_is_answered_at_once_not_queued() {
     );
 }
 
+/// A request declaring a body of `declared` bytes that sends one chunk and then nothing.
+fn trickling(declared: usize) -> Request<Body> {
+    let chunks = futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"{")) })
+        .chain(futures::stream::pending());
+    Request::post(WEBHOOK_PATH)
+        .header("content-type", "application/json")
+        .header("content-length", declared.to_string())
+        .header("stripe-signature", format!("t={},v1=00", now_unix()))
+        .body(Body::from_stream(chunks))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn slow_uploads_get_408_and_never_take_the_permits_verified_events_need() {
+    let publisher = FakePublisher::new();
+    let mut c = config();
+    c.limits.max_in_flight = 1;
+    c.limits.body_read_timeout = common::config::HumanDuration::millis(300);
+    let app = router(&c, publisher.clone());
+    let slow: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(send_owned(app.clone(), trickling(4000))))
+        .collect();
+    // While every slow upload is still arriving, the one permit is free for signed events.
+    for i in 0..5 {
+        let (status, _, json) = send(&app, signed(&event_body(&format!("evt_{i}"), "x"))).await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+    }
+    assert!(slow.iter().all(|t| !t.is_finished()), "still uploading");
+    for task in slow {
+        assert_eq!(task.await.unwrap(), StatusCode::REQUEST_TIMEOUT);
+    }
+    let (status, headers, json) = send(&app, trickling(4000)).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(json["error"], "Request body was not received in time");
+    assert_eq!(headers.get("connection").unwrap(), "close");
+    let metrics = metrics_text(&app).await;
+    assert!(
+        metrics.contains(r#"gateway_requests_total{outcome="body_timeout"} 21"#),
+        "{metrics}"
+    );
+    assert_eq!(publisher.written().len(), 5);
+}
+
+#[test]
+fn a_declared_length_reserves_little_memory_before_the_bytes_arrive() {
+    assert_eq!(initial_capacity(None), 8 * 1024);
+    assert_eq!(initial_capacity(Some(100)), 100);
+    assert_eq!(initial_capacity(Some(1 << 20)), INITIAL_BODY_CAPACITY);
+    assert_eq!(initial_capacity(Some(u64::MAX)), INITIAL_BODY_CAPACITY);
+}
+
 #[tokio::test]
 async fn a_slow_write_is_503_at_the_request_timeout() {
-    let sink = FakeSink::gated();
+    let publisher = FakePublisher::gated();
     let mut c = config();
     c.limits.request_timeout = common::config::HumanDuration::millis(200);
     c.limits.produce_timeout = common::config::HumanDuration::millis(100);
-    let app = router(&c, sink.clone());
+    let app = router(&c, publisher.clone());
     let (status, headers, json) = send(&app, signed(&event_body("evt_slow", "x"))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(headers.contains_key("retry-after"));
     assert_eq!(json["error"], "Request timed out; retry later");
     // The write carries on without the client; once it lands, the retry is a duplicate.
-    sink.open(10);
-    harness_wait(|| sink.written().len() == 1).await;
+    publisher.open(10);
+    harness_wait(|| publisher.written().len() == 1).await;
     let (status, _, json) = send(&app, signed(&event_body("evt_slow", "x"))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json["duplicate"], true);
@@ -430,10 +512,10 @@ async fn a_slow_write_is_503_at_the_request_timeout() {
 
 #[tokio::test]
 async fn filtered_event_types_are_acknowledged_but_not_written() {
-    let sink = FakeSink::new();
+    let publisher = FakePublisher::new();
     let mut c = config();
     c.event_types.0 = vec!["customer.*".into(), "invoice.paid".into()];
-    let app = router(&c, sink.clone());
+    let app = router(&c, publisher.clone());
     for (kind, written) in [
         ("customer.created", true),
         ("invoice.paid", true),
@@ -444,16 +526,16 @@ async fn filtered_event_types_are_acknowledged_but_not_written() {
         assert_eq!(status, StatusCode::OK, "{kind}");
         assert_eq!(json.get("ignored").is_some(), !written, "{kind}");
     }
-    assert_eq!(sink.written().len(), 2);
+    assert_eq!(publisher.written().len(), 2);
 }
 
 #[tokio::test]
 async fn the_allow_list_checks_the_peer_or_a_trusted_proxys_client() {
-    let sink = FakeSink::new();
+    let publisher = FakePublisher::new();
     let mut c = config();
     c.allow_ips = "3.18.12.63,10.9.0.0/16".parse().unwrap();
     c.trusted_proxies = "127.0.0.1".parse().unwrap();
-    let app = router(&c, sink.clone());
+    let app = router(&c, publisher.clone());
     let from = |peer: &str, xff: Option<&str>, id: &str| {
         let mut r = signed(&event_body(id, "x"));
         r.extensions_mut()
@@ -495,7 +577,7 @@ async fn the_allow_list_checks_the_peer_or_a_trusted_proxys_client() {
 
 #[tokio::test]
 async fn readiness_and_health() {
-    let app = router(&config(), FakeSink::new());
+    let app = router(&config(), FakePublisher::new());
     for path in ["/healthz", "/readyz"] {
         let response = app
             .clone()
@@ -538,8 +620,8 @@ proptest! {
         ],
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let sink = FakeSink::new();
-        let app = router(&config(), sink.clone());
+        let publisher = FakePublisher::new();
+        let app = router(&config(), publisher.clone());
         let mut request = Request::post(WEBHOOK_PATH);
         if let Ok(ct) = HeaderValue::from_str(&content_type) {
             request = request.header("content-type", ct);
@@ -551,7 +633,7 @@ proptest! {
         let (status, _, json) = runtime.block_on(send(&app, request));
         prop_assert!(!status.is_success(), "{status} {json}");
         prop_assert!(json["error"].is_string());
-        prop_assert!(sink.written().is_empty());
+        prop_assert!(publisher.written().is_empty());
     }
 
     /// Arbitrary bytes that *are* correctly signed: a verified body that is not an event is a
@@ -559,8 +641,8 @@ proptest! {
     #[test]
     fn arbitrary_signed_bodies_are_parsed_safely(body in proptest::collection::vec(any::<u8>(), 0..600)) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let sink = FakeSink::new();
-        let app = router(&config(), sink.clone());
+        let publisher = FakePublisher::new();
+        let app = router(&config(), publisher.clone());
         let t = now_unix();
         let request = Request::post(WEBHOOK_PATH)
             .header("content-type", "application/json")
@@ -572,6 +654,6 @@ proptest! {
             .ok()
             .is_some_and(|v| v["object"] == "event" && v["id"].as_str().is_some_and(|s| !s.is_empty()));
         prop_assert!(status == StatusCode::BAD_REQUEST || (is_event && status == StatusCode::OK), "{status}");
-        prop_assert_eq!(sink.written().len(), usize::from(status == StatusCode::OK));
+        prop_assert_eq!(publisher.written().len(), usize::from(status == StatusCode::OK));
     }
 }

@@ -263,6 +263,175 @@ async fn a_signed_event_becomes_exactly_one_decodable_record() {
     gw.stop(Duration::from_secs(15)).await;
 }
 
+/// A signed event of exactly `size` bytes: `event_body` with a padded metadata value.
+fn event_of_size(id: &str, customer: &str, size: usize) -> String {
+    let base = event_body(id, customer).replacen("\"email\": null", "\"metadata\": {\"pad\": \"\"}", 1);
+    let pad = size.checked_sub(base.len()).expect("size above the base event");
+    let body = base.replacen("\"pad\": \"\"", &format!("\"pad\": \"{}\"", "x".repeat(pad)), 1);
+    assert_eq!(body.len(), size);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_event_near_the_body_limit_is_stored_and_one_over_it_is_413() {
+    let env = TestEnv::start().await.unwrap();
+    let topic = unique("stripe.events");
+    let c = config(&env, &topic);
+    assert_eq!(c.limits.max_body, 1 << 20);
+    let gw = Gateway::start_ready(c).await;
+
+    // Over librdkafka's default `message.max.bytes` (1000000) once framed: refused on every
+    // delivery unless the producer's limit is derived from the body limit.
+    let body = event_of_size("evt_large", "cus_large", 990 * 1024);
+    let (status, _, json) = gw.post(&body).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["id"], "evt_large");
+
+    let over = event_of_size("evt_over", "cus_large", (1 << 20) + 1);
+    let (status, retry_after, json) = gw.post(&over).await;
+    assert_eq!(status, 413, "{json}");
+    assert_eq!(json["error"], "Request body is larger than 1048576 bytes");
+    assert!(retry_after.is_none());
+
+    assert_eq!(gw.post(&event_body("evt_sentinel", "cus_x")).await.0, 200);
+    let records = read_until(&env, &topic, "evt_sentinel").await;
+    assert_eq!(count(&records, "evt_over"), 0);
+    let stored = records
+        .iter()
+        .find(|r| r.event.event_id == "evt_large")
+        .expect("the large event is in the topic");
+    assert_eq!(stored.event.raw_body, body.as_bytes(), "raw bytes intact");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"gateway_requests_total{outcome="too_large"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gateway_events_too_large_total 0"), "{metrics}");
+    gw.stop(Duration::from_secs(15)).await;
+}
+
+/// How a slow client's connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum SlowEnd {
+    /// The gateway answered with this status line's code.
+    Status(u16),
+    /// The gateway closed the connection without an answer.
+    Closed,
+}
+
+/// A client that sends `head` at once, then one byte of `trickle` every 100 ms, until the gateway
+/// answers or closes. Returns how it ended and after how long.
+async fn slow_client(addr: SocketAddr, head: String, trickle: u8) -> (SlowEnd, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        if write.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if write.write_all(&[trickle]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(30), read.read(&mut buf)).await {
+            Err(_) => panic!("a slow client was held for 30 s"),
+            Ok(Ok(0)) | Ok(Err(_)) => break SlowEnd::Closed,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                if let Some(line) = answer
+                    .split(|b| *b == b'\n')
+                    .next()
+                    .filter(|_| answer.contains(&b'\n'))
+                {
+                    let line = String::from_utf8_lossy(line);
+                    let code = line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+                    break SlowEnd::Status(code);
+                }
+            }
+        }
+    };
+    let elapsed = started.elapsed();
+    writer.abort();
+    (end, elapsed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_senders_are_cut_off_and_never_starve_signed_events() {
+    let env = TestEnv::start().await.unwrap();
+    let topic = unique("stripe.events");
+    let mut c = config(&env, &topic);
+    // Far fewer slots than slow clients: a slot held by an upload would starve the sender.
+    c.limits.max_in_flight = 8;
+    c.limits.body_read_timeout = HumanDuration::secs(2);
+    c.limits.header_read_timeout = HumanDuration::secs(2);
+    let gw = Gateway::start_ready(c).await;
+
+    // 200 clients declaring a 1 MiB body and trickling it, and 10 trickling their headers.
+    let body_head = format!(
+        "POST {WEBHOOK_PATH} HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+         content-length: 1048576\r\nstripe-signature: t={},v1=00\r\n\r\n",
+        signature::now_unix()
+    );
+    let header_head = format!("POST {WEBHOOK_PATH} HTTP/1.1\r\nhost: gateway\r\nx-slow: ");
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        slow.push(tokio::spawn(slow_client(gw.addr, body_head.clone(), b' ')));
+    }
+    let mut slow_headers = Vec::new();
+    for _ in 0..10 {
+        slow_headers.push(tokio::spawn(slow_client(gw.addr, header_head.clone(), b'a')));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Meanwhile Stripe's deliveries are answered, each promptly.
+    for i in 0..20 {
+        let started = std::time::Instant::now();
+        let (status, _, json) = gw
+            .post(&event_body(&format!("evt_beside_slow_{i}"), "cus_s"))
+            .await;
+        assert_eq!(status, 200, "delivery {i} beside slow senders: {json}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    for task in slow {
+        let (end, elapsed) = task.await.unwrap();
+        assert_eq!(end, SlowEnd::Status(408), "after {elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_millis(1800) && elapsed < Duration::from_secs(8),
+            "cut off after the body read timeout, not {elapsed:?}"
+        );
+    }
+    for task in slow_headers {
+        let (end, elapsed) = task.await.unwrap();
+        assert!(matches!(end, SlowEnd::Closed | SlowEnd::Status(408)), "{end:?}");
+        assert!(
+            elapsed >= Duration::from_millis(1800) && elapsed < Duration::from_secs(8),
+            "cut off after the header read timeout, not {elapsed:?}"
+        );
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"gateway_requests_total{outcome="body_timeout"} 200"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"gateway_requests_total{outcome="accepted"} 20"#),
+        "{metrics}"
+    );
+    gw.stop(Duration::from_secs(15)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_delivered_twice_is_one_record() {
     let env = TestEnv::start().await.unwrap();
@@ -346,6 +515,26 @@ async fn a_registry_outage_at_start_up_delays_readiness_not_start() {
     env.registry.stop();
     let gw = Gateway::start(config(&env, &topic)).await;
     assert!(!gw.ready().await);
+    // Readiness says what start-up is waiting for.
+    let gw_ref = &gw;
+    wait_until(
+        "/readyz to name the failing step",
+        Duration::from_secs(30),
+        || async move {
+            let text = gw_ref
+                .http
+                .get(gw_ref.url("/readyz"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.contains("registering the schema").then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let body = event_body("evt_registry", "cus_registry");
     let (status, retry_after, _) = gw.post(&body).await;
     assert_eq!(status, 503);
@@ -359,6 +548,33 @@ async fn a_registry_outage_at_start_up_delays_readiness_not_start() {
     let records = read_until(&env, &topic, "evt_sentinel").await;
     assert_eq!(count(&records, "evt_registry"), 1);
     gw.stop(Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_the_registry_refuses_stops_the_start_with_the_reason() {
+    let env = TestEnv::start().await.unwrap();
+    let topic = unique("stripe.events");
+    // The subject already holds a schema this build's record cannot evolve from.
+    let other = r#"{"type":"record","name":"Other","fields":[{"name":"only","type":"string"}]}"#;
+    let registered = reqwest::Client::new()
+        .post(format!("{}/subjects/{topic}-value/versions", env.registry.url()))
+        .header("content-type", "application/vnd.schemaregistry.v1+json")
+        .json(&serde_json::json!({ "schema": other }))
+        .send()
+        .await
+        .unwrap();
+    assert!(registered.status().is_success(), "{registered:?}");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        gateway::run(config(&env, &topic), listener, CancellationToken::new()),
+    )
+    .await
+    .expect("the start fails instead of retrying forever");
+    let err = format!("{:#}", result.unwrap_err());
+    assert!(err.contains("setting `registry`"), "{err}");
+    assert!(err.contains(&topic), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
