@@ -71,7 +71,7 @@ wait_http "http://127.0.0.1:$EMULATOR_PORT/healthz" 30
 
 echo "machine: $(nproc) cores; $(free -h | awk '/Mem:/ {print $2 " RAM"}'); load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== filling stripe.events with $EVENTS signed webhooks through the gateway"
-STRIPE_WEBHOOK_SECRET="$SECRET" GATEWAY_LISTEN="127.0.0.1:$GATEWAY_PORT" GATEWAY_LIMITS__MAX_IN_FLIGHT=1024 \
+STRIPE_WEBHOOK_SECRET="$SECRET" GATEWAY_TOPICS__REPLICATION_FACTOR=1 GATEWAY_LISTEN="127.0.0.1:$GATEWAY_PORT" GATEWAY_LIMITS__MAX_IN_FLIGHT=1024 \
   "$TARGET/release/gateway" > "$WORK/gateway.log" 2>&1 &
 GATEWAY=$!
 PIDS+=("$GATEWAY")

@@ -82,8 +82,8 @@ wait_port broker 9092
 wait_http schema-registry http://127.0.0.1:8081/
 wait_http dataverse-emulator "$EMULATOR/healthz"
 
-GATEWAY_WEBHOOK__SECRETS="$WEBHOOK_SECRET" start gateway "$BIN/gateway"
 # One broker: topics the stages create get one replica (the default is the cluster's own).
+GATEWAY_WEBHOOK__SECRETS="$WEBHOOK_SECRET" GATEWAY_TOPICS__REPLICATION_FACTOR=1 start gateway "$BIN/gateway"
 ENRICHER_TOPICS__REPLICATION_FACTOR=1 start enricher "$BIN/enricher"
 SINK_TOPICS__REPLICATION_FACTOR=1 \
 SINK_DATAVERSE__ENVIRONMENT_URL="$EMULATOR" \

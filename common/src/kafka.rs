@@ -409,6 +409,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn created_topics_survive_one_brokers_loss_when_replicated() {
+        let spec = |replication_factor, min_insync_replicas| {
+            TopicSettings {
+                replication_factor,
+                min_insync_replicas,
+                ..TopicSettings::default()
+            }
+            .spec("t")
+        };
+        let min = |s: TopicSpec| s.config.get("min.insync.replicas").cloned();
+        assert_eq!(min(spec(3, None)), Some("2".into()));
+        assert_eq!(min(spec(3, Some(3))), Some("3".into()));
+        assert_eq!(min(spec(1, None)), None, "one replica: nothing to require");
+        assert_eq!(min(spec(-1, None)), None, "the cluster's default applies");
+        let s = spec(3, None);
+        assert_eq!((s.partitions, s.replication), (6, 3));
+
+        let invalid = |settings: TopicSettings| settings.validate("topics").unwrap_err().to_string();
+        let base = TopicSettings::default();
+        assert!(
+            invalid(TopicSettings {
+                replication_factor: 0,
+                ..base.clone()
+            })
+            .contains("topics.replication_factor")
+        );
+        assert!(
+            invalid(TopicSettings {
+                partitions: 0,
+                ..base.clone()
+            })
+            .contains("topics.partitions")
+        );
+        assert!(
+            invalid(TopicSettings {
+                replication_factor: 2,
+                min_insync_replicas: Some(3),
+                ..base
+            })
+            .contains("topics.min_insync_replicas")
+        );
+    }
+
+    #[test]
     fn trace_context_roundtrips_through_headers() {
         let headers = trace_headers(&Context::new());
         let parent = headers

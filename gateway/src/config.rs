@@ -12,7 +12,7 @@ use std::{
 use common::config::{
     ConfigArgs, ConfigError, HumanDuration, KafkaSettings, RegistrySettings, Secret, Settings,
 };
-use common::{retry::BackoffSettings, telemetry::TelemetrySettings};
+use common::{kafka::TopicSettings, retry::BackoffSettings, telemetry::TelemetrySettings};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
@@ -46,13 +46,9 @@ pub struct GatewayConfig {
     pub telemetry: TelemetrySettings,
     /// Topic every verified event is written to. Default `stripe.events`.
     pub topic: String,
-    /// Create the topic at start-up when it does not exist. Default `true` (local use); turn off
-    /// where topics are managed elsewhere.
-    pub create_topic: bool,
-    /// Partitions for a topic created at start-up. Default 6.
-    pub topic_partitions: i32,
-    /// Replication factor for a topic created at start-up. Default 1.
-    pub topic_replication: i32,
+    /// Creating the topic at start-up when it does not exist: the `topics` section every stage
+    /// shares (replication factor defaults to the cluster's own).
+    pub topics: TopicSettings,
     /// Signature verification.
     pub webhook: WebhookSettings,
     /// Request limits and time budgets.
@@ -84,9 +80,7 @@ impl Default for GatewayConfig {
             registry: RegistrySettings::default(),
             telemetry: TelemetrySettings::default(),
             topic: schemas::topics::STRIPE_EVENTS.to_string(),
-            create_topic: true,
-            topic_partitions: 6,
-            topic_replication: 1,
+            topics: TopicSettings::default(),
             webhook: WebhookSettings::default(),
             limits: Limits::default(),
             dedup: DedupSettings::default(),
@@ -227,12 +221,7 @@ impl Settings for GatewayConfig {
         if self.topic.trim().is_empty() {
             return Err(ConfigError::invalid("topic", "must not be empty"));
         }
-        if self.topic_partitions < 1 {
-            return Err(ConfigError::invalid("topic_partitions", "must be at least 1"));
-        }
-        if self.topic_replication < 1 {
-            return Err(ConfigError::invalid("topic_replication", "must be at least 1"));
-        }
+        self.topics.validate("topics")?;
         let l = &self.limits;
         if l.max_body < 1024 {
             return Err(ConfigError::invalid(
@@ -608,8 +597,8 @@ max = "2s"
                 "webhook.tolerance",
             ),
             (
-                vec![secret, ("GATEWAY_TOPIC_PARTITIONS", "0")],
-                "topic_partitions",
+                vec![secret, ("GATEWAY_TOPICS__PARTITIONS", "0")],
+                "topics.partitions",
             ),
             (vec![secret, ("GATEWAY_TLS__CERT", "/tmp/cert.pem")], "tls"),
             (

@@ -14,7 +14,7 @@ use axum::{
 };
 use common::{
     health::Health,
-    kafka::{TopicError, TopicSpec},
+    kafka::TopicError,
     ops::check,
     retry::{self, Retry, Stopped, Verdict},
 };
@@ -256,22 +256,17 @@ async fn prepare(
         cancel: stop,
         health: Some(health),
     };
-    if config.create_topic {
-        let spec = TopicSpec {
-            name: config.topic.clone(),
-            partitions: config.topic_partitions,
-            replication: config.topic_replication,
-            // Kafka's default topic limit (1 MiB + 12) is below what the producer may send.
-            config: [(
-                "max.message.bytes".to_string(),
-                config.message_max_bytes().to_string(),
-            )]
-            .into(),
-        };
+    if config.topics.create {
+        let mut spec = config.topics.spec(&config.topic);
+        // Kafka's default topic limit (1 MiB + 12) is below what the producer may send.
+        spec.config.insert(
+            "max.message.bytes".to_string(),
+            config.message_max_bytes().to_string(),
+        );
         let created = retry::until_cancelled(retry("creating the topic"), |_| {
             let spec = spec.clone();
             async move {
-                common::kafka::ensure_topics(&config.kafka, &[spec], "topic_replication")
+                common::kafka::ensure_topics(&config.kafka, &[spec], "topics")
                     .await
                     .map_err(|e| match e {
                         e @ TopicError::Refused(_) => Verdict::GiveUp(e),

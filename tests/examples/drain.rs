@@ -104,7 +104,10 @@ fn wait_committed(
         tpl.add_partition(topic, *p);
     }
     loop {
-        anyhow::ensure!(start.elapsed() < deadline, "group {group} did not catch up in time");
+        anyhow::ensure!(
+            start.elapsed() < deadline,
+            "group {group} did not catch up in time"
+        );
         if let Ok(committed) = c.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
             let done = committed.elements().iter().all(|e| {
                 let h = high[&e.partition()];

@@ -122,7 +122,8 @@ impl Pipeline {
             Stage::Gateway => {
                 set(&mut env, "GATEWAY_LISTEN", &addr);
                 set(&mut env, "GATEWAY_TOPIC", &n.events_topic);
-                set(&mut env, "GATEWAY_TOPIC_PARTITIONS", "3");
+                set(&mut env, "GATEWAY_TOPICS__PARTITIONS", "3");
+                set(&mut env, "GATEWAY_TOPICS__REPLICATION_FACTOR", "1");
                 set(&mut env, "GATEWAY_WEBHOOK__SECRETS", WEBHOOK_SECRET);
             }
             Stage::Enricher => {

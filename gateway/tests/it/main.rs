@@ -46,7 +46,11 @@ fn config(env: &TestEnv, topic: &str) -> GatewayConfig {
         kafka: env.kafka_settings(),
         registry: env.registry_settings(),
         topic: topic.to_string(),
-        topic_partitions: 1,
+        topics: common::kafka::TopicSettings {
+            partitions: 1,
+            replication_factor: 1,
+            ..Default::default()
+        },
         ..GatewayConfig::default()
     };
     c.registry.timeout = HumanDuration::secs(2);
@@ -686,7 +690,8 @@ async fn the_binary_prints_its_address_serves_and_stops_on_sigterm() {
         ("KAFKA_BOOTSTRAP_SERVERS", env.broker.bootstrap_servers()),
         ("SCHEMA_REGISTRY_URL", env.registry.url()),
         ("GATEWAY_TOPIC", topic.clone()),
-        ("GATEWAY_TOPIC_PARTITIONS", "1".to_string()),
+        ("GATEWAY_TOPICS__PARTITIONS", "1".to_string()),
+        ("GATEWAY_TOPICS__REPLICATION_FACTOR", "1".to_string()),
         ("STRIPE_WEBHOOK_SECRET", SECRET.to_string()),
         ("RUST_LOG", "info".to_string()),
     ];
