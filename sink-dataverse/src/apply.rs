@@ -113,13 +113,13 @@ pub async fn apply<C: Contacts>(
             .await
             .map_err(|error| match error {
                 e @ WriteError::Rejected { .. } => Verdict::GiveUp(e),
+                e @ WriteError::Throttled { .. } => {
+                    metrics.retried(e.class());
+                    Verdict::RetryNow(e)
+                }
                 e => {
                     metrics.retried(e.class());
-                    if e.class() == "throttled" {
-                        Verdict::RetryNow(e)
-                    } else {
-                        Verdict::Retry(e)
-                    }
+                    Verdict::Retry(e)
                 }
             })
     })
@@ -203,7 +203,7 @@ mod tests {
         store.failures.lock().unwrap().extend([
             WriteError::transient("server_error", "503"),
             WriteError::transient("timeout", "timed out"),
-            WriteError::transient("throttled", "429"),
+            WriteError::Throttled { detail: "429".into() },
         ]);
         let (metrics, _) = Metrics::new();
         let cols = store.columns.clone().unwrap();

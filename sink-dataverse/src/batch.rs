@@ -169,9 +169,120 @@ fn split_headers(part: &str) -> (Vec<(String, String)>, &str) {
     (headers, "")
 }
 
+/// Matches the answers of a batch to its `n` operations, one to one: by `Content-ID` when the
+/// answers carry it (in any order), by position when none does (Dataverse answers in request
+/// order). Anything else (a part too many or too few, an id missing from some answers, an id
+/// unknown or given twice) is an error: the whole batch is then retried, so no operation is ever
+/// given another's answer.
+pub fn match_answers(parts: Vec<PartResponse>, n: usize) -> Result<Vec<PartResponse>, String> {
+    if parts.len() != n {
+        return Err(format!(
+            "the batch response has {} answers for {n} operations",
+            parts.len()
+        ));
+    }
+    let with_id = parts.iter().filter(|p| p.content_id.is_some()).count();
+    if with_id == 0 {
+        return Ok(parts);
+    }
+    if with_id != n {
+        return Err(format!(
+            "{} of {n} answers in the batch response carry no Content-ID",
+            n - with_id
+        ));
+    }
+    let mut slots: Vec<Option<PartResponse>> = (0..n).map(|_| None).collect();
+    for part in parts {
+        let id = part.content_id.as_deref().unwrap_or_default().trim().to_string();
+        let slot = id
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| slots.get_mut(i))
+            .ok_or_else(|| format!("the batch response answers an unknown Content-ID `{id}`"))?;
+        if slot.is_some() {
+            return Err(format!("the batch response answers Content-ID {id} twice"));
+        }
+        *slot = Some(part);
+    }
+    // n answers, n distinct ids within 1..=n: every slot is filled.
+    Ok(slots.into_iter().flatten().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(id: Option<&str>, status: u16) -> PartResponse {
+        PartResponse {
+            content_id: id.map(str::to_string),
+            status,
+            headers: Vec::new(),
+            body: status.to_string().into_bytes(),
+        }
+    }
+
+    #[test]
+    fn answers_are_matched_one_to_one_or_the_batch_fails() {
+        let statuses =
+            |r: Result<Vec<PartResponse>, String>| r.map(|v| v.iter().map(|p| p.status).collect::<Vec<_>>());
+        // By id, whatever the order; by position when no answer carries an id.
+        assert_eq!(
+            statuses(match_answers(
+                vec![
+                    answer(Some("2"), 204),
+                    answer(Some("1"), 200),
+                    answer(Some(" 3 "), 429)
+                ],
+                3
+            )),
+            Ok(vec![200, 204, 429])
+        );
+        assert_eq!(
+            statuses(match_answers(vec![answer(None, 200), answer(None, 404)], 2)),
+            Ok(vec![200, 404])
+        );
+        // Every other shape fails the whole batch, with the reason.
+        let fails = |parts, n, why: &str| {
+            let e = match_answers(parts, n).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        };
+        fails(vec![answer(Some("1"), 200)], 2, "1 answers for 2 operations");
+        fails(
+            vec![
+                answer(Some("1"), 200),
+                answer(Some("2"), 200),
+                answer(Some("3"), 200),
+            ],
+            2,
+            "3 answers",
+        );
+        fails(
+            vec![answer(Some("1"), 200), answer(Some("1"), 204)],
+            2,
+            "Content-ID 1 twice",
+        );
+        fails(
+            vec![answer(Some("1"), 200), answer(Some("3"), 204)],
+            2,
+            "unknown Content-ID `3`",
+        );
+        fails(
+            vec![answer(Some("1"), 200), answer(Some("0"), 204)],
+            2,
+            "unknown Content-ID `0`",
+        );
+        fails(
+            vec![answer(Some("1"), 200), answer(Some("x"), 204)],
+            2,
+            "unknown Content-ID `x`",
+        );
+        fails(
+            vec![answer(Some("1"), 200), answer(None, 204)],
+            2,
+            "1 of 2 answers",
+        );
+    }
 
     #[test]
     fn renders_independent_requests_with_content_ids() {

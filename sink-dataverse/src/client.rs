@@ -10,7 +10,9 @@
 //! * [`ContactStore`] is what the write loop needs: read a contact by alternate key, and apply a
 //!   conditional write.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
+
+use common::stage::Fatal;
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap};
 use tokio::{
@@ -297,48 +299,32 @@ impl Transport {
             return None;
         }
         let content_type = header(&raw.headers, "content-type").unwrap_or("");
-        let parts = match batch::parse(content_type, &raw.body) {
+        let parts = match batch::parse(content_type, &raw.body)
+            .and_then(|parts| batch::match_answers(parts, ops.len()))
+        {
             Ok(parts) => parts,
             Err(e) => {
+                tracing::warn!(error = %e, operations = ops.len(), "unusable batch response; the operations are retried");
                 let e = WriteError::transient("bad_batch_response", e);
                 return Some(vec![Err(e); ops.len()]);
             }
         };
-        let mut answers: Vec<Option<Result<Answer, WriteError>>> = vec![None; ops.len()];
-        for (position, part) in parts.into_iter().enumerate() {
-            let index = part
-                .content_id
-                .as_deref()
-                .and_then(|id| id.trim().parse::<usize>().ok())
-                .and_then(|id| id.checked_sub(1))
-                .unwrap_or(position);
-            let Some(slot) = answers.get_mut(index) else {
-                continue;
-            };
-            *slot = Some(if part.status == 429 {
-                let pause = self.retry_after(part.header("retry-after"));
-                self.record_throttle(pause, permit.epoch, &part.body);
-                Err(classify(429, &part.body, false))
-            } else {
-                Ok(Answer {
-                    status: part.status,
-                    body: part.body,
-                })
-            });
-        }
-        Some(
-            answers
-                .into_iter()
-                .map(|a| {
-                    a.unwrap_or_else(|| {
-                        Err(WriteError::transient(
-                            "incomplete_batch",
-                            "the batch response has no answer for this operation",
-                        ))
+        let answers = parts
+            .into_iter()
+            .map(|part| {
+                if part.status == 429 {
+                    let pause = self.retry_after(part.header("retry-after"));
+                    self.record_throttle(pause, permit.epoch, &part.body);
+                    Err(classify(429, &part.body, false))
+                } else {
+                    Ok(Answer {
+                        status: part.status,
+                        body: part.body,
                     })
-                })
-                .collect(),
-        )
+                }
+            })
+            .collect();
+        Some(answers)
     }
 
     /// A GET outside the limiter, for readiness and start-up checks: the answer status and the
@@ -396,29 +382,38 @@ struct Queued {
 }
 
 /// Coalesces concurrent operations into `$batch` requests.
-pub struct Dataverse {
+pub struct Batcher {
     transport: Arc<Transport>,
     /// `None` when `batch_size` is 1: every operation is sent on its own.
     queue: Option<mpsc::UnboundedSender<Queued>>,
 }
 
-impl std::fmt::Debug for Dataverse {
+impl std::fmt::Debug for Batcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dataverse")
+        f.debug_struct("Batcher")
             .field("batching", &self.queue.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl Dataverse {
-    /// Starts the dispatcher (when batching); it stops when the last handle is dropped.
-    pub fn start(transport: Arc<Transport>, batch_size: usize, linger: Duration) -> Arc<Self> {
+/// The class of the error an operation gets when the dispatcher is gone.
+const DISPATCHER_STOPPED: &str = "dispatcher_stopped";
+
+impl Batcher {
+    /// Starts the dispatcher (when batching); it stops when the last handle is dropped. A
+    /// dispatcher or request task that dies (a panic) ends the stage through `fatal`, so the
+    /// process exits and is restarted instead of every write waiting on it for good.
+    pub fn start(transport: Arc<Transport>, batch_size: usize, linger: Duration, fatal: Fatal) -> Arc<Self> {
         let queue = (batch_size > 1).then(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(dispatch(transport.clone(), rx, batch_size, linger));
+            supervise(
+                "the $batch dispatcher",
+                fatal.clone(),
+                dispatch(transport.clone(), rx, batch_size, linger, fatal),
+            );
             tx
         });
-        Arc::new(Dataverse { transport, queue })
+        Arc::new(Batcher { transport, queue })
     }
 
     pub fn transport(&self) -> &Arc<Transport> {
@@ -431,17 +426,33 @@ impl Dataverse {
             let permit = self.transport.limiter.acquire().await;
             return self.transport.single(&op, &permit).await;
         };
+        let stopped = || WriteError::transient(DISPATCHER_STOPPED, "the request dispatcher has stopped");
         let (reply, answer) = oneshot::channel();
-        queue
-            .send(Queued { op, reply })
-            .map_err(|_| WriteError::transient("stopping", "the request dispatcher has stopped"))?;
-        answer.await.unwrap_or_else(|_| {
-            Err(WriteError::transient(
-                "stopping",
-                "the request dispatcher has stopped",
-            ))
-        })
+        queue.send(Queued { op, reply }).map_err(|_| stopped())?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
     }
+}
+
+/// Runs `task` on its own; if it panics, the stage ends with a reason naming `what`.
+fn supervise(what: &'static str, fatal: Fatal, task: impl Future<Output = ()> + Send + 'static) {
+    let handle = tokio::spawn(task);
+    tokio::spawn(async move {
+        if let Err(e) = handle.await
+            && e.is_panic()
+        {
+            let reason = format!("{what} failed: {}", panic_message(e.into_panic()));
+            tracing::error!(reason, "stopping the sink");
+            fatal.fail(reason);
+        }
+    });
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
 }
 
 /// Gathers queued operations into batches: up to `batch_size`, waiting at most `linger` after the
@@ -452,6 +463,7 @@ async fn dispatch(
     mut queue: mpsc::UnboundedReceiver<Queued>,
     batch_size: usize,
     linger: Duration,
+    fatal: Fatal,
 ) {
     while let Some(first) = queue.recv().await {
         let mut ops = vec![first];
@@ -474,11 +486,15 @@ async fn dispatch(
         if ops.is_empty() {
             continue;
         }
-        tokio::spawn(send(transport.clone(), ops, permit));
+        supervise(
+            "a Dataverse request",
+            fatal.clone(),
+            send(transport.clone(), ops, permit, fatal.clone()),
+        );
     }
 }
 
-async fn send(transport: Arc<Transport>, ops: Vec<Queued>, permit: Permit) {
+async fn send(transport: Arc<Transport>, ops: Vec<Queued>, permit: Permit, fatal: Fatal) {
     if let [only] = &ops[..] {
         let answer = transport.single(&only.op, &permit).await;
         drop(permit);
@@ -499,7 +515,7 @@ async fn send(transport: Arc<Transport>, ops: Vec<Queued>, permit: Permit) {
             drop(permit);
             for q in ops {
                 let transport = transport.clone();
-                tokio::spawn(async move {
+                supervise("a Dataverse request", fatal.clone(), async move {
                     let permit = transport.limiter.acquire().await;
                     let answer = transport.single(&q.op, &permit).await;
                     drop(permit);
@@ -513,13 +529,13 @@ async fn send(transport: Arc<Transport>, ops: Vec<Queued>, permit: Permit) {
 /// Contacts by alternate key, read and written the way the guard needs.
 #[derive(Debug)]
 pub struct ContactStore {
-    dataverse: Arc<Dataverse>,
+    dataverse: Arc<Batcher>,
     columns: Columns,
     select: String,
 }
 
 impl ContactStore {
-    pub fn new(dataverse: Arc<Dataverse>, columns: Columns) -> Self {
+    pub fn new(dataverse: Arc<Batcher>, columns: Columns) -> Self {
         let select = odata::select_query(&columns.select());
         ContactStore {
             dataverse,
@@ -579,5 +595,37 @@ impl Contacts for ContactStore {
             200..=299 => Ok(()),
             status => Err(classify(status, &answer.body, true)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_task_that_dies_ends_the_stage_with_the_reason() {
+        let fatal = Fatal::default();
+        supervise("a Dataverse request", fatal.clone(), async {
+            panic!("cannot convert float seconds to Duration: value is either too big or NaN")
+        });
+        let reason = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(reason) = fatal.reason() {
+                    return reason;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the stage is told");
+        assert!(
+            reason.starts_with("a Dataverse request failed: cannot convert float seconds"),
+            "{reason}"
+        );
+
+        let calm = Fatal::default();
+        supervise("a Dataverse request", calm.clone(), async {});
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(calm.reason(), None, "a task that ends is no failure");
     }
 }

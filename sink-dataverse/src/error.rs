@@ -10,6 +10,10 @@ pub enum WriteError {
     /// endpoint being unavailable or refusing.
     #[error("{class}: {detail}")]
     Transient { class: &'static str, detail: String },
+    /// 429: Dataverse's service protection limits. Every writer is already paused for
+    /// `Retry-After`, so the operation is tried again as soon as the pause ends.
+    #[error("throttled: {detail}")]
+    Throttled { detail: String },
     /// The write's precondition no longer holds (412), or the row it was conditional on is gone
     /// (404): another writer got there first. Read again and decide again.
     #[error("precondition failed ({status} {code}): {message}")]
@@ -39,6 +43,7 @@ impl WriteError {
     pub fn class(&self) -> &'static str {
         match self {
             WriteError::Transient { class, .. } => class,
+            WriteError::Throttled { .. } => "throttled",
             WriteError::Conflict { .. } => "conflict",
             WriteError::Rejected { status, .. } => rejected_class(*status),
         }
@@ -72,7 +77,7 @@ pub fn classify(status: u16, body: &[u8], conditional: bool) -> WriteError {
     match status {
         401 => WriteError::transient("unauthorized", detail()),
         408 => WriteError::transient("timeout", detail()),
-        429 => WriteError::transient("throttled", detail()),
+        429 => WriteError::Throttled { detail: detail() },
         // A conflicting concurrent operation inside Dataverse: it clears.
         409 => WriteError::transient("server_conflict", detail()),
         412 | 404 if conditional => WriteError::Conflict {
@@ -133,7 +138,12 @@ mod tests {
             let transient = matches!(e, WriteError::Transient { .. });
             assert_eq!(
                 transient,
-                matches!(status, 401 | 408 | 409 | 429 | 500..=599 | 302),
+                matches!(status, 401 | 408 | 409 | 500..=599 | 302),
+                "{status}"
+            );
+            assert_eq!(
+                matches!(e, WriteError::Throttled { .. }),
+                status == 429,
                 "{status}"
             );
         }

@@ -48,7 +48,7 @@ pub use config::SinkConfig;
 
 use crate::{
     auth::{Credentials, TokenSource},
-    client::{ContactStore, Dataverse, ProbeError, ThrottlePolicy, Transport},
+    client::{Batcher, ContactStore, ProbeError, ThrottlePolicy, Transport},
     handler::SinkHandler,
     mapping::Columns,
     metrics::Metrics,
@@ -108,7 +108,7 @@ pub async fn run(
     stage::run_consuming(config, registry, checks, ops_listener, shutdown, move |startup| async move {
         check_dataverse(&transport, &columns).await?;
         let codec = schemas::Codec::new(&config.registry.codec_config()).context("schema registry settings")?;
-        let dataverse = Dataverse::start(transport, config.batch_size, config.linger.into());
+        let dataverse = Batcher::start(transport, config.batch_size, config.linger.into(), startup.fatal.clone());
         tracing::info!(group = %config.group, topic = %config.input_topic, dlq = %config.dlq_topic(), "sink-dataverse started");
         Ok::<_, StartError>(SinkHandler {
             codec,

@@ -64,27 +64,42 @@ pub fn error_body(body: &[u8]) -> ErrorBody {
     }
 }
 
-/// `Retry-After`: delta seconds (Dataverse's form; fractions accepted) or an HTTP date.
+/// `Retry-After`: delta seconds (Dataverse's form; fractions accepted), the `hh:mm:ss` TimeSpan
+/// form some Dataverse clients report, or an HTTP date. Never panics: absurd values saturate at
+/// `Duration::MAX` (callers cap them), negative, not-a-number and malformed values are `None`.
 pub fn retry_after(value: &str, now: time::OffsetDateTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return seconds(secs);
     }
-    // `hh:mm:ss`, the TimeSpan form some Dataverse clients report.
     if let [h, m, s] = value.split(':').collect::<Vec<_>>()[..]
-        && let (Ok(h), Ok(m), Ok(s)) = (h.parse::<u64>(), m.parse::<u64>(), s.parse::<f64>())
-        && s.is_finite()
-        && s >= 0.0
+        && let (Ok(h), Ok(m), Some(s)) = (
+            h.trim().parse::<u64>(),
+            m.trim().parse::<u64>(),
+            s.trim().parse::<f64>().ok().and_then(seconds),
+        )
     {
-        return Some(Duration::from_secs(h * 3600 + m * 60) + Duration::from_secs_f64(s));
+        let whole = h
+            .checked_mul(3600)
+            .and_then(|h| m.checked_mul(60).and_then(|m| h.checked_add(m)))
+            .map_or(Duration::MAX, Duration::from_secs);
+        return Some(whole.saturating_add(s));
     }
     let date = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
     let delta = date - now;
     Some(if delta.is_positive() {
-        Duration::try_from(delta).unwrap_or_default()
+        Duration::try_from(delta).unwrap_or(Duration::MAX)
     } else {
         Duration::ZERO
     })
+}
+
+/// Non-negative, finite seconds as a duration, saturating above `Duration::MAX`.
+fn seconds(secs: f64) -> Option<Duration> {
+    if !(secs.is_finite() && secs >= 0.0) {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
 }
 
 /// `x-ms-dop-hint`: Dataverse's recommended degree of parallelism.
@@ -138,8 +153,42 @@ mod tests {
         );
         assert_eq!(retry_after("-1", now), None);
         assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("", now), None);
+        assert_eq!(retry_after("NaN", now), None);
+        assert_eq!(retry_after("inf", now), None);
+        assert_eq!(retry_after("00:00:-1", now), None);
+    }
+
+    #[test]
+    fn absurd_retry_after_values_saturate_instead_of_panicking() {
+        let now = time::macros::datetime!(2026-01-01 00:00:00 UTC);
+        assert_eq!(retry_after("1e20", now), Some(Duration::MAX));
+        assert_eq!(retry_after("1e308", now), Some(Duration::MAX));
+        assert_eq!(retry_after("99999999999999999999:00:00", now), None);
+        assert_eq!(
+            retry_after("18446744073709551615:59:59", now),
+            Some(Duration::MAX)
+        );
+        assert_eq!(retry_after("0:0:1e300", now), Some(Duration::MAX));
+        assert_eq!(
+            retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now).map(|d| d > Duration::from_secs(1 << 37)),
+            Some(true)
+        );
         assert_eq!(dop_hint("12"), Some(12));
         assert_eq!(dop_hint("0"), None);
         assert_eq!(dop_hint("x"), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever a server or proxy sends, parsing never panics, and the value is either
+        /// refused or a duration.
+        #[test]
+        fn any_retry_after_parses_without_panicking(value in ".{0,40}", secs in proptest::num::f64::ANY) {
+            let now = time::macros::datetime!(2026-01-01 00:00:00 UTC);
+            let _ = retry_after(&value, now);
+            let parsed = retry_after(&secs.to_string(), now);
+            proptest::prop_assert_eq!(parsed.is_some(), secs.is_finite() && secs >= 0.0);
+            let _ = retry_after(&format!("{}:{}:{}", value.len(), secs, value), now);
+        }
     }
 }
