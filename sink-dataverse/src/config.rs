@@ -9,6 +9,9 @@ pub use common::consume::ConsumerSettings;
 use common::{kafka::TopicSettings, retry::BackoffSettings, telemetry::TelemetrySettings};
 use serde::{Deserialize, Serialize};
 
+/// The stage's name: its client ids, metric prefix and dead-letter `dlq.stage` header.
+pub const STAGE: &str = "sink-dataverse";
+
 /// Dataverse refuses more than 52 concurrent requests per user and web server
 /// (`0x80072326`); the sink never plans to exceed it.
 pub const MAX_CONCURRENCY_LIMIT: usize = 52;
@@ -530,7 +533,7 @@ pub fn is_identifier(name: &str) -> bool {
 }
 
 impl common::stage::ConsumingStage for SinkConfig {
-    const NAME: &'static str = crate::handler::STAGE;
+    const NAME: &'static str = STAGE;
 
     fn listen(&self) -> SocketAddr {
         self.listen

@@ -37,9 +37,6 @@ pub mod headers {
     pub const DATAVERSE_MESSAGE: &str = "dlq.dataverse.message";
 }
 
-/// The stage name in dead-letter headers.
-pub const STAGE: &str = "sink-dataverse";
-
 /// Everything a batch needs, shared by every partition's worker.
 pub struct SinkHandler<C> {
     pub codec: Codec,
