@@ -11,7 +11,8 @@
 //!   the retry policy (transient failures retried, never skipped).
 //! * [`guard`] — the staleness guard: which conditional write, if any, applies a change. Pure.
 //! * [`mapping`] — `Customer` → contact columns, the tombstone. Pure.
-//! * [`client`] — HTTP: tokens, the shared rate limiter, `$batch` coalescing, contacts by key.
+//! * [`client`] — HTTP: tokens, the shared rate limiter, `$batch` coalescing (`Batcher`, whose
+//!   tasks end the stage if they die), contacts by key.
 //! * [`rate`] — the throttling policy (Retry-After pauses, halving, ramp-up, dop hint). Pure core.
 //! * [`auth`] — OAuth 2.0 client credentials, cached and renewed.
 //! * [`batch`], [`odata`], [`error`] — wire formats and the error classification. Pure.
