@@ -4,6 +4,11 @@
 # topic from the same broker in the same run.
 #
 #   bash scripts/bench-drain.sh [EVENTS]
+#   BENCH_STAGES=enricher bash scripts/bench-drain.sh   # only the enricher half
+#
+# Stage settings can be varied through their environment variables as usual, e.g.
+# ENRICHER_CONSUMER__MAX_BATCH=500, or librdkafka properties through env (dots kept):
+#   env ENRICHER_KAFKA__PROPERTIES__FETCH.MAX.BYTES=4194304 bash scripts/bench-drain.sh
 #
 # 1. Tansu (SQLite), the schema registry and the release gateway start on free ports; the load
 #    generator posts EVENTS signed customer.updated webhooks (default 20000) to fill stripe.events.
@@ -92,6 +97,10 @@ enricher=$("$DRAIN" wait "$BOOTSTRAP" stripe.events bench-enricher)
 echo "$enricher"
 curl -fsS "http://127.0.0.1:$ENRICHER_PORT/metrics" | grep -E '^enricher_(consumer_rebalances_total|records_out_total|producer_resets_total)' || true
 stop "$ENRICHER"
+if [ "${BENCH_STAGES:-all}" = enricher ]; then
+  python3 -c 'import sys; p, e = (float(x.split("= ")[1].split()[0]) for x in sys.argv[1:]); print(f"== summary: enricher {e:.0f} records/s, plain {p:.0f} records/s, ratio {e / p:.2f}")' "$plain_in" "$enricher"
+  exit 0
+fi
 
 echo "== customers.normalized: plain consumer group"
 plain_out=$("$DRAIN" plain "$BOOTSTRAP" customers.normalized bench-plain-out)
