@@ -204,7 +204,7 @@ async fn a_broker_restart_while_every_stage_runs_loses_nothing() {
         report.failures.contains_key("503"),
         "the gateway refused deliveries while the broker was down: {report}"
     );
-    for (answer, _) in &report.failures {
+    for answer in report.failures.keys() {
         assert!(
             ["503", "timeout", "connection error"].contains(&answer.as_str()),
             "only retryable answers while the broker is away: {report}"
@@ -225,7 +225,7 @@ async fn a_schema_registry_outage_is_ridden_out() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     pipeline.env.registry.start_again().await.unwrap();
     let report = run.await.unwrap();
-    for (answer, _) in &report.failures {
+    for answer in report.failures.keys() {
         assert_eq!(answer, "503", "only 503s during a registry outage: {report}");
     }
     settle("registry outage", &pipeline, &w, &report, start).await;
