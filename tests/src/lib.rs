@@ -128,6 +128,20 @@ where
     }
 }
 
+/// A scratch folder for a process's data and log, removed afterwards unless
+/// `HARNESS_KEEP_LOGS` is set (then its path is printed, for reading the logs of a failed run).
+pub fn scratch_dir() -> std::io::Result<TempDir> {
+    let keep = std::env::var_os("HARNESS_KEEP_LOGS").is_some();
+    let dir = tempfile::Builder::new()
+        .prefix("harness-")
+        .disable_cleanup(keep)
+        .tempdir()?;
+    if keep {
+        eprintln!("harness: keeping {}", dir.path().display());
+    }
+    Ok(dir)
+}
+
 /// A child process that is killed (SIGKILL) when dropped. Output goes to a log file, shown when
 /// the process fails to become ready.
 #[derive(Debug)]
@@ -242,7 +256,7 @@ impl Broker {
     pub async fn start() -> anyhow::Result<Self> {
         let mut broker = Broker {
             port: free_port(),
-            dir: tempfile::tempdir()?,
+            dir: scratch_dir()?,
             process: None,
             starts: 0,
         };
@@ -338,7 +352,7 @@ impl Registry {
     pub async fn start() -> anyhow::Result<Self> {
         let mut registry = Registry {
             port: free_port(),
-            dir: tempfile::tempdir()?,
+            dir: scratch_dir()?,
             process: None,
             starts: 0,
         };
@@ -436,7 +450,7 @@ impl Service {
         env: &[(String, String)],
         addr: SocketAddr,
     ) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
+        let dir = scratch_dir()?;
         let mut command = Command::new(workspace_bin(bin)?);
         command.args(args).current_dir(dir.path());
         for (k, v) in env {

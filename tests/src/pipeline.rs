@@ -223,6 +223,18 @@ impl Pipeline {
         }
     }
 
+    /// The members of a stage that are running (started and not killed or stopped), in order.
+    pub fn members(&self, stage: Stage) -> Vec<usize> {
+        let mut members: Vec<_> = self
+            .services
+            .keys()
+            .filter(|(s, _)| *s == stage)
+            .map(|(_, m)| *m)
+            .collect();
+        members.sort_unstable();
+        members
+    }
+
     /// The running process of a stage, for its log.
     pub fn service(&self, stage: Stage) -> Option<&Service> {
         self.services.get(&(stage, 0))

@@ -351,6 +351,21 @@ pub struct SendReport {
     pub elapsed: Duration,
 }
 
+impl SendReport {
+    /// The report of two runs, one after the other.
+    pub fn and(mut self, later: SendReport) -> SendReport {
+        self.deliveries += later.deliveries;
+        self.acknowledged += later.acknowledged;
+        self.attempts += later.attempts;
+        for (answer, n) in later.failures {
+            *self.failures.entry(answer).or_default() += n;
+        }
+        self.gave_up.extend(later.gave_up);
+        self.elapsed += later.elapsed;
+        self
+    }
+}
+
 /// Delivers webhooks as Stripe does: concurrently, each retried until it is answered 2xx.
 #[derive(Debug, Clone)]
 pub struct Sender {
