@@ -3,7 +3,11 @@
 //! no other test uses. Any stage can be killed (SIGKILL) and started again, for fault tests, and
 //! the consuming stages can run several members of their group (`start_member`).
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    time::Duration,
+};
 
 use anyhow::Context;
 use hmac::{Hmac, KeyInit, Mac};
@@ -50,6 +54,8 @@ pub struct Pipeline {
     /// Each member's ops (and, for the gateway, webhook) port; member 0 is the stage itself.
     ports: HashMap<(Stage, usize), u16>,
     services: HashMap<(Stage, usize), Service>,
+    /// Members that join their group without static membership (see [`Pipeline::start_dynamic_member`]).
+    dynamic: HashSet<(Stage, usize)>,
     http: reqwest::Client,
 }
 
@@ -78,6 +84,7 @@ impl Pipeline {
             emulator_port,
             ports: HashMap::new(),
             services: HashMap::new(),
+            dynamic: HashSet::new(),
             http: reqwest::Client::new(),
         };
         for stage in [Stage::Gateway, Stage::Enricher, Stage::Sink] {
@@ -140,11 +147,13 @@ impl Pipeline {
                 set(&mut env, "ENRICHER_TOPICS__REPLICATION_FACTOR", "1");
                 // Static membership: a restarted stage takes its partitions back at once (and the
                 // local broker mishandles a dynamic member rejoining after a kill).
-                set(
-                    &mut env,
-                    "ENRICHER_INSTANCE_ID",
-                    &format!("{}-{}", n.enricher_group, member + 1),
-                );
+                if !self.dynamic.contains(&(stage, member)) {
+                    set(
+                        &mut env,
+                        "ENRICHER_INSTANCE_ID",
+                        &format!("{}-{}", n.enricher_group, member + 1),
+                    );
+                }
             }
             Stage::Sink => {
                 let emulator = self.emulator_url();
@@ -152,11 +161,13 @@ impl Pipeline {
                 set(&mut env, "SINK_INPUT_TOPIC", &n.customers_topic);
                 set(&mut env, "SINK_GROUP", &n.sink_group);
                 set(&mut env, "SINK_TOPICS__REPLICATION_FACTOR", "1");
-                set(
-                    &mut env,
-                    "SINK_INSTANCE_ID",
-                    &format!("{}-{}", n.sink_group, member + 1),
-                );
+                if !self.dynamic.contains(&(stage, member)) {
+                    set(
+                        &mut env,
+                        "SINK_INSTANCE_ID",
+                        &format!("{}-{}", n.sink_group, member + 1),
+                    );
+                }
                 set(&mut env, "SINK_DATAVERSE__ENVIRONMENT_URL", &emulator);
                 set(
                     &mut env,
@@ -201,6 +212,14 @@ impl Pipeline {
         .with_context(|| service.process.log_tail())?;
         self.services.insert((stage, member), service);
         Ok(())
+    }
+
+    /// Starts member `member` of a consuming stage as a dynamic group member (no
+    /// `instance_id`), which leaves its group when stopped in order, so the others take its
+    /// partitions over at once instead of after the session timeout.
+    pub async fn start_dynamic_member(&mut self, stage: Stage, member: usize) -> anyhow::Result<()> {
+        self.dynamic.insert((stage, member));
+        self.start_member(stage, member).await
     }
 
     /// Kills a stage with SIGKILL, as a crash would.

@@ -347,10 +347,12 @@ async fn wait_spread(pipeline: &Pipeline, stage: Stage, members: &[usize], parti
 async fn three_enrichers_and_two_sinks_share_the_partitions_and_survivors_take_over() {
     let start = Instant::now();
     let mut pipeline = Pipeline::start().await.unwrap();
+    // The added members are dynamic: stopped in order, they leave their group, as replicas of a
+    // Deployment scaled down do.
     for m in 1..3 {
-        pipeline.start_member(Stage::Enricher, m).await.unwrap();
+        pipeline.start_dynamic_member(Stage::Enricher, m).await.unwrap();
     }
-    pipeline.start_member(Stage::Sink, 1).await.unwrap();
+    pipeline.start_dynamic_member(Stage::Sink, 1).await.unwrap();
     // Three partitions: one per enricher, two and one for the sinks.
     wait_spread(&pipeline, Stage::Enricher, &[0, 1, 2], 3.0).await;
     wait_spread(&pipeline, Stage::Sink, &[0, 1], 3.0).await;
@@ -359,14 +361,10 @@ async fn three_enrichers_and_two_sinks_share_the_partitions_and_survivors_take_o
     let sender = sender(&pipeline);
     let run = deliver_in_background(&sender, &w.deliveries);
     acknowledged(&sender, w.deliveries.len() * 2 / 5).await;
-    // Mid-run, two enrichers crash and one sink is stopped in order (as an orchestrator scaling
-    // down would); the survivors take over every partition once the group's session timeout
-    // has passed. (One survivor per stage: the local broker does not ask a second survivor to
-    // rejoin when a member expires; see the README's broker notes.)
-    pipeline.kill_member(Stage::Enricher, 1);
-    pipeline.kill_member(Stage::Enricher, 2);
+    // Mid-run one of each is stopped (SIGTERM); the survivors take its partitions over.
+    pipeline.stop_member(Stage::Enricher, 2, Duration::from_secs(30));
     pipeline.stop_member(Stage::Sink, 1, Duration::from_secs(30));
-    wait_spread(&pipeline, Stage::Enricher, &[0], 3.0).await;
+    wait_spread(&pipeline, Stage::Enricher, &[0, 1], 3.0).await;
     wait_spread(&pipeline, Stage::Sink, &[0], 3.0).await;
     let report = run.await.unwrap();
     settle("scaling", &pipeline, &w, &report, start).await;
