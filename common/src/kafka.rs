@@ -458,7 +458,8 @@ pub fn send_span(parent: &tracing::Span, topic: &str, key: &str) -> tracing::Spa
     )
 }
 
-/// Records on a [`send_span`] where the record landed, or that it failed.
+/// Records on a [`send_span`] where the record landed (status ok), or that an attempt failed
+/// (status error, until a retry succeeds).
 pub fn sent<E>(span: &tracing::Span, result: &Result<crate::producer::Written, E>) {
     match result {
         Ok(written) => {
@@ -467,6 +468,8 @@ pub fn sent<E>(span: &tracing::Span, result: &Result<crate::producer::Written, E
                 tracing::field::display(written.partition),
             );
             span.record("messaging.kafka.offset", written.offset);
+            // Final: an attempt that failed before and was retried ends as a success.
+            span.record("otel.status_code", "ok");
         }
         Err(_) => {
             span.record("otel.status_code", "error");
@@ -639,12 +642,7 @@ mod tests {
         let upstream_sc = upstream_cx.span().span_context().clone();
         let record = record_with(Some(upstream));
         let spans = Collected::run(|| {
-            let span = crate::process_span!(
-                "change",
-                &record,
-                "sink-group",
-                customer_id = "cus_1"
-            );
+            let span = crate::process_span!("change", &record, "sink-group", customer_id = "cus_1");
             drop(span);
         });
         let [span] = &spans[..] else {
@@ -668,7 +666,11 @@ mod tests {
         ] {
             assert_eq!(attribute(span, key).as_deref(), Some(value), "{key}");
         }
-        assert_eq!(attribute(span, "otel.name"), None, "a span setting, not an attribute");
+        assert_eq!(
+            attribute(span, "otel.name"),
+            None,
+            "a span setting, not an attribute"
+        );
 
         // A record without trace context starts a trace of its own.
         let spans = Collected::run(|| drop(crate::process_span!("enrich", &record_with(None), "g")));
@@ -693,6 +695,15 @@ mod tests {
             );
             let failed = send_span(&process, "customers.normalized", "cus_2");
             sent(&failed, &Err(()));
+            let retried = send_span(&process, "customers.normalized", "cus_3");
+            sent(&retried, &Err(()));
+            sent::<()>(
+                &retried,
+                &Ok(crate::producer::Written {
+                    partition: 0,
+                    offset: 1,
+                }),
+            );
         });
         let by_name = |key: &str| {
             spans
@@ -719,16 +730,21 @@ mod tests {
         ] {
             assert_eq!(attribute(send, key).as_deref(), Some(value), "{key}");
         }
-        assert_eq!(send.status, opentelemetry::trace::Status::Unset);
+        assert_eq!(send.status, opentelemetry::trace::Status::Ok);
+        assert_eq!(by_name("cus_2").status, opentelemetry::trace::Status::error(""));
         assert_eq!(
-            by_name("cus_2").status,
-            opentelemetry::trace::Status::error("")
+            by_name("cus_3").status,
+            opentelemetry::trace::Status::Ok,
+            "a retry that succeeds ends the span as a success"
         );
 
         // The produced record carries the send span's context: the next stage is its child.
         let next = context_from_headers(headers.as_ref());
         assert_eq!(next.span().span_context().span_id(), send.span_context.span_id());
-        assert_eq!(next.span().span_context().trace_id(), send.span_context.trace_id());
+        assert_eq!(
+            next.span().span_context().trace_id(),
+            send.span_context.trace_id()
+        );
     }
 
     #[test]
