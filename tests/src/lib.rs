@@ -7,6 +7,7 @@
 //! * [`pipeline::Pipeline`] — everything at once, as a user runs it, for end-to-end tests.
 //! * [`unique`] — topic and group names no other test uses.
 //! * [`wait_until`] — poll a condition with a deadline, instead of sleeping.
+//! * [`otlp::Receiver`] — an OTLP/HTTP trace receiver keeping the spans the stages export.
 //! * [`inspect`] — what the stages did: watermarks, committed offsets, caught-up waits, a topic
 //!   read back, a stage's `/metrics`.
 //!
@@ -33,6 +34,7 @@ use rdkafka::{
 use tempfile::TempDir;
 
 pub mod inspect;
+pub mod otlp;
 pub mod pipeline;
 
 /// The pinned broker version the set-up installs.

@@ -49,11 +49,19 @@ pub struct Pipeline {
     ports: [u16; 3],
     services: [Option<Service>; 3],
     http: reqwest::Client,
+    /// Set for every stage after the pipeline's own settings (so it may override them).
+    extra_env: Vec<(String, String)>,
 }
 
 impl Pipeline {
     /// Starts every process and waits until each stage reports ready.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// Like [`Pipeline::start`], with `extra_env` set for every stage (e.g.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`), also when a stage is started again.
+    pub async fn start_with(extra_env: Vec<(String, String)>) -> anyhow::Result<Self> {
         let env = TestEnv::start().await?;
         let names = Names {
             events_topic: unique("stripe.events"),
@@ -77,6 +85,7 @@ impl Pipeline {
             ports: [free_port(), free_port(), free_port()],
             services: [None, None, None],
             http: reqwest::Client::new(),
+            extra_env,
         };
         for stage in [Stage::Gateway, Stage::Enricher, Stage::Sink] {
             pipeline.start_stage(stage).await?;
@@ -159,6 +168,7 @@ impl Pipeline {
                 set(&mut env, "SINK_DATAVERSE__CLIENT_SECRET", "local-secret");
             }
         }
+        env.extend(self.extra_env.iter().cloned());
         env
     }
 
