@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole pipeline on this machine with embedded defaults: a Kafka broker (Tansu), the
 # schema registry, the Dataverse emulator and the three stages, then sends one signed Stripe
-# webhook and shows the contact it becomes in Dataverse. Keeps running until Ctrl-C; with --once
-# it stops after showing the contact (and exits non-zero if the contact never arrives).
+# webhook (with `gateway send`) and shows the contact it becomes in Dataverse. Keeps running until
+# Ctrl-C, with a status line read from the stages' /metrics; with --once it stops after showing the
+# contact (and exits non-zero if the contact never arrives).
 #
 #   bash scripts/run-local.sh [--once]
 #
@@ -33,7 +34,12 @@ WEBHOOK_SECRET="${WEBHOOK_SECRET:-whsec_local_development_secret}"
 EMULATOR=http://127.0.0.1:8090
 
 pids=()
+names=()
+sleeper=""       # the status loop's sleep, so a signal need not wait for it
+on_line=false    # the status line is drawn on the terminal (end it before other output)
 cleanup() {
+  $on_line && echo
+  [ -n "$sleeper" ] && kill "$sleeper" 2>/dev/null
   # Stages first, newest first, so they commit and leave their groups while the broker is up.
   local i
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
@@ -50,6 +56,7 @@ start() { # name, command...
   local name=$1; shift
   "$@" >"$STATE/logs/$name.log" 2>&1 &
   pids+=($!)
+  names+=("$name")
   echo "[run-local] $name started (log: .local/logs/$name.log)" >&2
 }
 
@@ -71,6 +78,64 @@ wait_port() { # name, port
   echo "[run-local] $1 did not listen on port $2; last log lines:" >&2
   tail -n 30 "$STATE/logs/$1.log" >&2
   exit 1
+}
+
+# The sum of a metric's series in Prometheus text, optionally only series whose labels match a
+# regular expression; `-` when the text has no such series (a stage down, or nothing measured yet).
+# `absent` is what a stage that answered but has no such series shows: 0 for counters whose series
+# appear with the first event (dead letters), `-` for what is not measured yet (lag).
+metric_sum() { # metrics text, metric name, [label regex], [absent]
+  if [ -z "$1" ]; then printf -- -; return; fi
+  awk -v name="$2" -v want="${3:-}" -v absent="${4:--}" '
+    /^#/ { next }
+    {
+      series = $1; base = series; sub(/\{.*/, "", base)
+      if (base == name && (want == "" || series ~ want)) { sum += $2; found = 1 }
+    }
+    END { if (found) printf "%.0f", sum; else printf "%s", absent }' <<<"$1"
+}
+
+metrics() { curl -fsS --max-time 1 "http://127.0.0.1:$1/metrics" 2>/dev/null || true; }
+
+status_line() {
+  local gw en sk
+  gw=$(metrics 8080); en=$(metrics 9101); sk=$(metrics 9102)
+  printf 'accepted %s | normalised %s | contacts written %s | dead letters %s enricher, %s sink | lag %s enricher, %s sink' \
+    "$(metric_sum "$gw" gateway_requests_total 'outcome="accepted"')" \
+    "$(metric_sum "$en" enricher_records_out_total)" \
+    "$(metric_sum "$sk" sink_dataverse_writes_total 'outcome="(created|updated|deactivated|tombstoned|deleted)"')" \
+    "$(metric_sum "$en" enricher_dead_lettered_total '' 0)" \
+    "$(metric_sum "$sk" sink_dataverse_dead_lettered_total '' 0)" \
+    "$(metric_sum "$en" enricher_consumer_lag)" \
+    "$(metric_sum "$sk" sink_dataverse_consumer_lag)"
+}
+
+# Until Ctrl-C: the status line, redrawn every second on a terminal, a plain line every 10 s
+# otherwise. Stops (non-zero) when a process it started has exited.
+watch_status() {
+  local tty=false every=10 i
+  [ -t 1 ] && tty=true && every=1
+  while true; do
+    for i in "${!pids[@]}"; do
+      if ! kill -0 "${pids[i]}" 2>/dev/null; then
+        $on_line && echo && on_line=false
+        echo "[run-local] ${names[i]} exited; last log lines:" >&2
+        tail -n 30 "$STATE/logs/${names[i]}.log" >&2
+        exit 1
+      fi
+    done
+    if $tty; then
+      printf '\r[run-local] %s\033[K' "$(status_line)"
+      on_line=true
+    else
+      echo "[run-local] $(status_line)"
+    fi
+    # In the background, so Ctrl-C or SIGTERM is handled at once rather than after the sleep.
+    sleep "$every" &
+    sleeper=$!
+    wait "$sleeper" || true
+    sleeper=""
+  done
 }
 
 start broker env -C "$STATE/broker" -u OTEL_EXPORTER_OTLP_ENDPOINT "$TANSU" broker \
@@ -96,21 +161,13 @@ wait_http gateway http://127.0.0.1:8080/readyz
 wait_http enricher http://127.0.0.1:9101/readyz
 wait_http sink-dataverse http://127.0.0.1:9102/readyz
 
-# A customer.created event as Stripe sends it, signed as Stripe signs it:
-# HMAC-SHA256("<timestamp>.<raw body>") with the endpoint secret, hex, in Stripe-Signature.
-now=$(date +%s)
+# A generated customer.created event (messy fields as real accounts hold them), signed as Stripe
+# signs it: HMAC-SHA256("<timestamp>.<raw body>") with the endpoint secret, in Stripe-Signature.
+# `gateway send` prints the gateway's answer and fails unless it is 2xx.
 customer="cus_local$(date +%s%N | tail -c 9)"
-body=$(cat <<JSON
-{"id":"evt_local$now","object":"event","api_version":"2025-04-30.basil","created":$now,"livemode":false,"pending_webhooks":1,"request":{"id":null,"idempotency_key":null},"type":"customer.created","data":{"object":{"id":"$customer","object":"customer","name":"Ada  Lovelace","email":"  Ada.Lovelace@Example.COM ","phone":"020 7946 0958","description":"Signed sample from run-local","address":{"line1":"12 St James's Square","line2":"","city":"London","state":null,"postal_code":"SW1Y 4JH","country":"gb"},"metadata":{"source":"run-local"},"created":$now,"livemode":false}}}
-JSON
-)
-signature=$(printf '%s.%s' "$now" "$body" | openssl dgst -sha256 -hmac "$WEBHOOK_SECRET" -r | cut -d' ' -f1)
-echo "[run-local] POST /webhooks/stripe (customer $customer)" >&2
-curl -sS -X POST http://127.0.0.1:8080/webhooks/stripe \
-  -H 'Content-Type: application/json' \
-  -H "Stripe-Signature: t=$now,v1=$signature" \
-  --data-binary "$body"
-echo
+echo "[run-local] gateway send --type customer.created --customer $customer" >&2
+"$BIN/gateway" send --url http://127.0.0.1:8080/webhooks/stripe --secret "$WEBHOOK_SECRET" \
+  --type customer.created --customer "$customer"
 
 echo "[run-local] waiting for the contact in Dataverse" >&2
 for _ in $(seq 1 300); do
@@ -127,8 +184,8 @@ for r in rows:
     echo "$row"
     if $ONCE; then exit 0; fi
     echo "[run-local] pipeline running: gateway http://127.0.0.1:8080/webhooks/stripe (secret $WEBHOOK_SECRET), metrics on :8080 :9101 :9102 /metrics. Ctrl-C stops everything." >&2
-    wait
-    exit 0
+    echo "[run-local] send more: $BIN/gateway send --count 20 --rate 5   (see gateway/README.md)" >&2
+    watch_status
   fi
   sleep 0.2
 done

@@ -549,7 +549,14 @@ pub fn normalize_phone(raw: &str, default_region: Option<&str>) -> (Option<Strin
     if trimmed.chars().count() > MAX_PHONE_INPUT_CHARS {
         return (Some(trimmed), Some(Warning::PhoneUnparsed));
     }
-    let region = default_region.and_then(|r| r.trim().to_ascii_uppercase().parse::<PhoneRegion>().ok());
+    // A number written with its country calling code is read without the address country: the
+    // parser would otherwise apply that country's national rules to it (`+44 (0) 20 …` read with
+    // `US` is refused, though the `(0)` is the UK's trunk prefix, dropped in international form).
+    let region = if trimmed.starts_with('+') {
+        None
+    } else {
+        default_region.and_then(|r| r.trim().to_ascii_uppercase().parse::<PhoneRegion>().ok())
+    };
     let Some(number) = parse_phone(region, &trimmed) else {
         return (Some(trimmed), Some(Warning::PhoneUnparsed));
     };

@@ -12,6 +12,8 @@
 //! * [`http`] — the axum router and handler; [`error`] — the one error-to-response mapping.
 //! * [`metrics`] — `gateway_*` Prometheus metrics.
 //! * [`config`] — settings, defaults and validation; [`tls`] — optional rustls termination.
+//! * [`send`] — `gateway send`: signs and posts test events (`send::generate` makes realistic
+//!   customer events), for people testing a deployment.
 //! * [`run`] (`server`) — accept connections (header read time bounded), serve until shutdown,
 //!   then drain and flush within a deadline.
 //!
@@ -25,6 +27,7 @@ pub mod event;
 pub mod http;
 pub mod metrics;
 pub mod publish;
+pub mod send;
 mod server;
 pub mod signature;
 pub mod tls;

@@ -1,5 +1,6 @@
 //! `gateway`: parse the command line and configuration, set up telemetry, bind, and run until
-//! SIGINT or SIGTERM. Everything else is the library.
+//! SIGINT or SIGTERM; or, with `send`, sign and post test events to a gateway. Everything else is
+//! the library.
 
 use std::process::ExitCode;
 
@@ -24,6 +25,9 @@ enum Command {
     Run,
     /// Print the effective configuration (secrets masked) and exit.
     PrintConfig,
+    /// Sign Stripe events and POST them to a webhook URL (a gateway under test), printing each
+    /// answer; exits non-zero when any answer is not 2xx. Needs no configuration.
+    Send(gateway::send::SendArgs),
 }
 
 #[tokio::main]
@@ -38,6 +42,19 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Send(args)) = cli.command {
+        let summary = gateway::send::run(args).await?;
+        if summary.failed() > 0 {
+            anyhow::bail!(
+                "{} of {} events were not answered 2xx ({} non-2xx, {} errors)",
+                summary.failed(),
+                summary.sent,
+                summary.not_ok,
+                summary.errors
+            );
+        }
+        return Ok(());
+    }
     let config = GatewayConfig::load(&cli.config)?;
     if let Some(Command::PrintConfig) = cli.command {
         print!("{}", common::config::render(&config));

@@ -26,6 +26,8 @@ pub struct Record {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<String>,
+    /// The record's timestamp (milliseconds since the epoch), when it has one.
+    pub timestamp: Option<i64>,
     pub payload: Option<Vec<u8>>,
     pub headers: HashMap<String, String>,
 }
@@ -191,6 +193,7 @@ impl TestEnv {
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    timestamp: m.timestamp().to_millis(),
                     payload: m.payload().map(<[u8]>::to_vec),
                     headers: m
                         .headers()

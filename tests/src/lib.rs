@@ -7,6 +7,8 @@
 //! * [`pipeline::Pipeline`] — everything at once, as a user runs it, for end-to-end tests.
 //! * [`unique`] — topic and group names no other test uses.
 //! * [`wait_until`] — poll a condition with a deadline, instead of sleeping.
+//! * [`workload`] — generated Stripe customer histories, the state they must end in, and a
+//!   Stripe-like sender that retries every delivery until it is acknowledged.
 //! * [`otlp::Receiver`] — an OTLP/HTTP trace receiver keeping the spans the stages export.
 //! * [`inspect`] — what the stages did: watermarks, committed offsets, caught-up waits, a topic
 //!   read back, a stage's `/metrics`.
@@ -36,6 +38,7 @@ use tempfile::TempDir;
 pub mod inspect;
 pub mod otlp;
 pub mod pipeline;
+pub mod workload;
 
 /// The pinned broker version the set-up installs.
 pub const TANSU_VERSION: &str = "0.6.0";

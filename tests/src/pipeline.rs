@@ -1,8 +1,9 @@
 //! The whole pipeline as a user runs it: broker, registry, Dataverse emulator, gateway, enricher
 //! and sink, each a real process on its own free port, wired together with topic and group names
-//! no other test uses. Any stage can be killed (SIGKILL) and started again, for fault tests.
+//! no other test uses. Any stage can be killed (SIGKILL) and started again, for fault tests, and
+//! the consuming stages can run several members of their group (`start_member`).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use hmac::{Hmac, KeyInit, Mac};
@@ -14,7 +15,7 @@ use crate::{Service, TestEnv, free_port, unique, wait_until};
 pub const WEBHOOK_SECRET: &str = "whsec_pipeline_test_secret";
 
 /// A stage of the pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     Gateway,
     Enricher,
@@ -46,8 +47,9 @@ pub struct Pipeline {
     pub names: Names,
     pub emulator: Service,
     emulator_port: u16,
-    ports: [u16; 3],
-    services: [Option<Service>; 3],
+    /// Each member's ops (and, for the gateway, webhook) port; member 0 is the stage itself.
+    ports: HashMap<(Stage, usize), u16>,
+    services: HashMap<(Stage, usize), Service>,
     http: reqwest::Client,
     /// Set for every stage after the pipeline's own settings (so it may override them).
     extra_env: Vec<(String, String)>,
@@ -82,8 +84,8 @@ impl Pipeline {
             names,
             emulator,
             emulator_port,
-            ports: [free_port(), free_port(), free_port()],
-            services: [None, None, None],
+            ports: HashMap::new(),
+            services: HashMap::new(),
             http: reqwest::Client::new(),
             extra_env,
         };
@@ -93,27 +95,30 @@ impl Pipeline {
         Ok(pipeline)
     }
 
-    fn index(stage: Stage) -> usize {
-        match stage {
-            Stage::Gateway => 0,
-            Stage::Enricher => 1,
-            Stage::Sink => 2,
-        }
+    fn port(&mut self, stage: Stage, member: usize) -> u16 {
+        *self.ports.entry((stage, member)).or_insert_with(free_port)
     }
 
     /// The base URL of a stage's HTTP listener (the gateway's webhook and ops port, the other
     /// stages' ops port).
     pub fn url(&self, stage: Stage) -> String {
-        format!("http://127.0.0.1:{}", self.ports[Self::index(stage)])
+        format!("http://{}", self.ops(stage, 0))
+    }
+
+    /// The ops address of member `member` of a stage (0 is the first).
+    pub fn ops(&self, stage: Stage, member: usize) -> SocketAddr {
+        let port = self.ports.get(&(stage, member)).copied().unwrap_or(0);
+        SocketAddr::from(([127, 0, 0, 1], port))
     }
 
     pub fn emulator_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.emulator_port)
     }
 
-    fn stage_env(&self, stage: Stage) -> Vec<(String, String)> {
+    /// The environment a member of `stage` runs with.
+    pub fn stage_env(&self, stage: Stage, member: usize) -> Vec<(String, String)> {
         let n = &self.names;
-        let addr = format!("127.0.0.1:{}", self.ports[Self::index(stage)]);
+        let addr = self.ops(stage, member).to_string();
         let mut env = vec![
             (
                 "KAFKA_BOOTSTRAP_SERVERS".to_string(),
@@ -147,7 +152,7 @@ impl Pipeline {
                 set(
                     &mut env,
                     "ENRICHER_INSTANCE_ID",
-                    &format!("{}-1", n.enricher_group),
+                    &format!("{}-{}", n.enricher_group, member + 1),
                 );
             }
             Stage::Sink => {
@@ -156,7 +161,11 @@ impl Pipeline {
                 set(&mut env, "SINK_INPUT_TOPIC", &n.customers_topic);
                 set(&mut env, "SINK_GROUP", &n.sink_group);
                 set(&mut env, "SINK_TOPICS__REPLICATION_FACTOR", "1");
-                set(&mut env, "SINK_INSTANCE_ID", &format!("{}-1", n.sink_group));
+                set(
+                    &mut env,
+                    "SINK_INSTANCE_ID",
+                    &format!("{}-{}", n.sink_group, member + 1),
+                );
                 set(&mut env, "SINK_DATAVERSE__ENVIRONMENT_URL", &emulator);
                 set(
                     &mut env,
@@ -174,19 +183,25 @@ impl Pipeline {
 
     /// Starts a stage (again) and waits until its `/readyz` answers 200.
     pub async fn start_stage(&mut self, stage: Stage) -> anyhow::Result<()> {
-        let port = self.ports[Self::index(stage)];
+        self.start_member(stage, 0).await
+    }
+
+    /// Starts member `member` of a stage (again; a new member joins the stage's consumer group
+    /// with its own static membership id) and waits until its `/readyz` answers 200.
+    pub async fn start_member(&mut self, stage: Stage, member: usize) -> anyhow::Result<()> {
+        let port = self.port(stage, member);
         let service = Service::start(
             stage.binary(),
             &[],
-            &self.stage_env(stage),
+            &self.stage_env(stage, member),
             SocketAddr::from(([127, 0, 0, 1], port)),
         )
         .await?;
-        let url = format!("{}/readyz", self.url(stage));
+        let url = format!("http://{}/readyz", self.ops(stage, member));
         let http = self.http.clone();
         wait_until(
-            &format!("{} to be ready", stage.binary()),
-            Duration::from_secs(60),
+            &format!("{} #{member} to be ready", stage.binary()),
+            Duration::from_secs(90),
             || {
                 let request = http.get(&url).send();
                 async move { request.await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
@@ -194,20 +209,85 @@ impl Pipeline {
         )
         .await
         .with_context(|| service.process.log_tail())?;
-        self.services[Self::index(stage)] = Some(service);
+        self.services.insert((stage, member), service);
         Ok(())
     }
 
     /// Kills a stage with SIGKILL, as a crash would.
     pub fn kill(&mut self, stage: Stage) {
-        if let Some(mut s) = self.services[Self::index(stage)].take() {
+        self.kill_member(stage, 0);
+    }
+
+    /// Kills member `member` of a stage with SIGKILL.
+    pub fn kill_member(&mut self, stage: Stage, member: usize) {
+        if let Some(mut s) = self.services.remove(&(stage, member)) {
             s.process.kill();
+        }
+    }
+
+    /// Stops member `member` of a stage with SIGTERM, as an orchestrator scaling down would,
+    /// and waits up to `grace` for it to leave its group.
+    pub fn stop_member(&mut self, stage: Stage, member: usize, grace: Duration) {
+        if let Some(mut s) = self.services.remove(&(stage, member)) {
+            s.process.terminate(grace);
         }
     }
 
     /// The running process of a stage, for its log.
     pub fn service(&self, stage: Stage) -> Option<&Service> {
-        self.services[Self::index(stage)].as_ref()
+        self.services.get(&(stage, 0))
+    }
+
+    /// Runs a one-shot command of a stage's binary (`replay …`, `print-config`) with the stage's
+    /// environment, and returns its output; fails naming the output when it exits non-zero.
+    pub async fn run_command(&self, stage: Stage, args: &[&str]) -> anyhow::Result<String> {
+        let mut command = tokio::process::Command::new(crate::workspace_bin(stage.binary())?);
+        command.args(args).kill_on_drop(true);
+        for (k, v) in self.stage_env(stage, 0) {
+            command.env(k, v);
+        }
+        let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+            .await
+            .with_context(|| format!("{} {args:?} did not finish", stage.binary()))??;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        anyhow::ensure!(
+            output.status.success(),
+            "{} {args:?} exited with {}: {text}",
+            stage.binary(),
+            output.status
+        );
+        Ok(text)
+    }
+
+    /// Replaces the emulator's injected faults (`POST /_admin/faults`; `{}` turns them off).
+    pub async fn set_faults(&self, faults: serde_json::Value) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(format!("{}/_admin/faults", self.emulator_url()))
+            .json(&faults)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "the emulator refused the faults: {}",
+            response.text().await.unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    /// The emulator's counters (`GET /_admin/stats`).
+    pub async fn emulator_stats(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(self
+            .http
+            .get(format!("{}/_admin/stats", self.emulator_url()))
+            .send()
+            .await?
+            .json()
+            .await?)
     }
 
     /// Sends a webhook body to the gateway, signed now with [`WEBHOOK_SECRET`].

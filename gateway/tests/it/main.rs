@@ -20,6 +20,8 @@ use schemas::{Codec, StripeEvent};
 use tokio::{io::AsyncBufReadExt, net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
+mod send;
+
 const SECRET: &str = "whsec_component_tests";
 
 fn event_body(id: &str, customer: &str) -> String {
