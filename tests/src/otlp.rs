@@ -162,11 +162,7 @@ impl Drop for Receiver {
     }
 }
 
-async fn export(
-    State(received): State<Arc<Mutex<Received>>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn export(State(received): State<Arc<Mutex<Received>>>, headers: HeaderMap, body: Bytes) -> Response {
     let result = decode(&headers, &body);
     let mut received = received.lock().unwrap_or_else(|p| p.into_inner());
     match result {
@@ -301,7 +297,9 @@ mod tests {
             tracing::info_span!("inner", ok = true).in_scope(|| {});
         }
         // Shutting down flushes the batch, from a plain thread as the stages do.
-        tokio::task::spawn_blocking(move || telemetry.shutdown()).await.unwrap();
+        tokio::task::spawn_blocking(move || telemetry.shutdown())
+            .await
+            .unwrap();
 
         assert_eq!(receiver.refused(), Vec::<String>::new());
         assert!(receiver.requests() >= 1);
@@ -335,7 +333,9 @@ mod tests {
         };
         let json = post("application/json", None, b"{}".to_vec()).await.unwrap();
         assert_eq!(json.status(), 415);
-        let gzip = post("application/x-protobuf", Some("gzip"), vec![0x1f, 0x8b]).await.unwrap();
+        let gzip = post("application/x-protobuf", Some("gzip"), vec![0x1f, 0x8b])
+            .await
+            .unwrap();
         assert_eq!(gzip.status(), 415);
         assert!(gzip.text().await.unwrap().contains("content encoding `gzip`"));
         let garbage = post("application/x-protobuf", None, vec![0xff; 8]).await.unwrap();
