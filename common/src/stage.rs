@@ -292,9 +292,8 @@ async fn run_loop<S: ConsumingStage, H: BatchHandler>(
 ) -> anyhow::Result<()> {
     let mut kafka = settings.kafka().clone();
     if let Some(id) = settings.instance_id() {
-        kafka
-            .properties
-            .insert("group.instance.id".into(), id.trim().to_string());
+        let id = expand_instance_id(id.trim(), hostname)?;
+        kafka.properties.insert("group.instance.id".into(), id);
     }
     let mut loop_settings = settings.consumer().loop_settings();
     loop_settings.metrics = metrics.clone();
@@ -342,6 +341,36 @@ async fn run_loop<S: ConsumingStage, H: BatchHandler>(
     result.context("consumer loop failed")?;
     tracing::info!("{} stopped", S::NAME);
     Ok(())
+}
+
+/// The placeholder in `instance_id` that stands for the machine's hostname, so replicas started
+/// from one configuration (containers of a scaled service, pods) each get their own static
+/// membership id, stable across restarts in place.
+pub const HOSTNAME_PLACEHOLDER: &str = "{hostname}";
+
+/// `instance_id` with every [`HOSTNAME_PLACEHOLDER`] replaced by `hostname()`; the hostname is
+/// looked up only when the placeholder is there.
+pub fn expand_instance_id(id: &str, hostname: impl FnOnce() -> Option<String>) -> anyhow::Result<String> {
+    if !id.contains(HOSTNAME_PLACEHOLDER) {
+        return Ok(id.to_string());
+    }
+    let host = hostname().ok_or_else(|| {
+        anyhow::anyhow!(
+            "invalid setting `instance_id`: `{id}` uses {HOSTNAME_PLACEHOLDER}, but the hostname cannot be read (neither /proc/sys/kernel/hostname nor HOSTNAME)"
+        )
+    })?;
+    Ok(id.replace(HOSTNAME_PLACEHOLDER, &host))
+}
+
+/// The machine's hostname: `/proc/sys/kernel/hostname` (Linux, and a container's own name), else
+/// the `HOSTNAME` variable; `None` when neither gives a non-empty name.
+pub fn hostname() -> Option<String> {
+    let from_kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    [from_kernel, std::env::var("HOSTNAME").ok()]
+        .into_iter()
+        .flatten()
+        .map(|name| name.trim().to_string())
+        .find(|name| !name.is_empty())
 }
 
 /// `/readyz` `kafka`: the broker serves metadata.
@@ -456,5 +485,49 @@ where
             telemetry.shutdown();
             result
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    #[test]
+    fn hostname_placeholder_is_replaced_by_the_hostname_wherever_it_appears() {
+        let id = expand_instance_id("enricher-{hostname}", || Some("3f2a9c1d7b4e".into())).unwrap();
+        assert_eq!(id, "enricher-3f2a9c1d7b4e");
+        let id = expand_instance_id("{hostname}", || Some("sink-7".into())).unwrap();
+        assert_eq!(id, "sink-7");
+        let id = expand_instance_id("{hostname}/{hostname}", || Some("h".into())).unwrap();
+        assert_eq!(id, "h/h");
+    }
+
+    #[test]
+    fn an_instance_id_without_the_placeholder_is_kept_and_the_hostname_not_read() {
+        let asked = Cell::new(false);
+        let id = expand_instance_id("enricher-0", || {
+            asked.set(true);
+            Some("ignored".into())
+        })
+        .unwrap();
+        assert_eq!(id, "enricher-0");
+        assert!(!asked.get(), "the hostname was looked up without a placeholder");
+    }
+
+    #[test]
+    fn the_placeholder_without_a_readable_hostname_is_an_error_naming_the_setting() {
+        let error = expand_instance_id("enricher-{hostname}", || None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("instance_id"), "{error}");
+        assert!(error.contains("{hostname}"), "{error}");
+    }
+
+    #[test]
+    fn hostname_is_the_kernel_hostname_on_linux() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("a Linux machine");
+        assert_eq!(hostname().as_deref(), Some(kernel.trim()));
     }
 }
