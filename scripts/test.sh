@@ -28,3 +28,6 @@ bash scripts/check-compose.sh
 
 step "cargo test"
 cargo test --workspace
+
+step "the README's second command, non-interactive: scripts/run-local.sh --once"
+bash scripts/run-local.sh --once
