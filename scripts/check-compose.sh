@@ -36,10 +36,12 @@ fi
 "$VENV/bin/hadolint" --no-color Dockerfile
 log "hadolint $HADOLINT_VERSION: Dockerfile clean"
 
+CONFIG="$(mktemp)"
+trap 'rm -f "$CONFIG"' EXIT
 for file in docker-compose.yml "docker-compose.yml -f docker-compose.dataverse.yml"; do
   # shellcheck disable=SC2086
-  docker-compose -f $file config > "$CACHE/compose-config.yml"
-  python3 - "$CACHE/compose-config.yml" "$TARGET/debug" "$file" <<'PY'
+  docker-compose -f $file config > "$CONFIG"
+  python3 - "$CONFIG" "$TARGET/debug" "$file" <<'PY'
 import os, subprocess, sys, yaml
 
 config = yaml.safe_load(open(sys.argv[1]))
