@@ -13,7 +13,9 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 # Native build tools: librdkafka (built from source by rdkafka-sys) needs a C/C++ toolchain,
 # make and pkg-config; the broker's SQLite and crypto dependencies need cmake.
-packages=(build-essential cmake pkg-config protobuf-compiler curl openssl python3)
+# docker-compose (validates the compose files without an engine), python3-yaml and python3-venv
+# serve the static container checks (scripts/check-compose.sh).
+packages=(build-essential cmake pkg-config protobuf-compiler curl openssl python3 python3-yaml python3-venv docker-compose)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -23,5 +23,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "build the binaries the tests start"
 cargo build --workspace --bins
 
+step "container setup: docker-compose config, hadolint, each stage's compose environment"
+bash scripts/check-compose.sh
+
 step "cargo test"
 cargo test --workspace
+
+step "the README's second command, non-interactive: scripts/run-local.sh --once"
+bash scripts/run-local.sh --once

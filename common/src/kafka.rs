@@ -335,7 +335,8 @@ pub async fn check_broker(settings: &KafkaSettings, timeout: Duration) -> Result
 }
 
 /// The W3C `traceparent`/`tracestate` headers for `cx`. A context with no valid span (tracing not
-/// exported, or the first hop) gets a fresh trace id, so every record can be followed downstream.
+/// exported, or the first hop) gets a fresh trace id, flagged sampled so that a later stage that
+/// does export records its spans under it: every record can be followed downstream.
 pub fn trace_headers(cx: &Context) -> OwnedHeaders {
     let cx = if cx.span().span_context().is_valid() {
         cx.clone()
@@ -345,7 +346,7 @@ pub fn trace_headers(cx: &Context) -> OwnedHeaders {
         let sc = SpanContext::new(
             trace_id,
             span_id,
-            TraceFlags::default(),
+            TraceFlags::SAMPLED,
             false,
             TraceState::default(),
         );
@@ -384,6 +385,109 @@ pub fn context_from_headers<H: Headers>(headers: Option<&H>) -> Context {
 pub fn current_context() -> Context {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     tracing::Span::current().context()
+}
+
+/// A span for processing one consumed record, with OpenTelemetry's messaging attributes: span
+/// kind `consumer`, name `process <topic>`, `messaging.system` `kafka`,
+/// `messaging.operation.type`/`.name` `process`, `messaging.destination.name` (the topic),
+/// `messaging.destination.partition.id`, `messaging.kafka.offset`,
+/// `messaging.consumer.group.name` and `messaging.kafka.message.key` (when the key is UTF-8).
+/// Its parent is the trace context in the record's headers, so it joins the producer's trace.
+///
+/// `process_span!("enrich", &record, group, event_id = tracing::field::Empty)`: the span's
+/// `tracing` name (what logs show), the record, the group, then the stage's own fields. The
+/// attributes are fields of the one span a stage opens per record anyway; with export off they
+/// cost what any span field costs.
+#[macro_export]
+macro_rules! process_span {
+    ($name:literal, $record:expr, $group:expr $(, $($field:tt)+)?) => {{
+        let record: &$crate::consume::Record = $record;
+        let span = ::tracing::info_span!(
+            $name,
+            otel.name = %::std::format_args!("process {}", record.topic),
+            otel.kind = "consumer",
+            messaging.system = $crate::kafka::MESSAGING_SYSTEM,
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = %record.topic,
+            messaging.destination.partition.id = %record.partition,
+            messaging.kafka.offset = record.offset,
+            messaging.consumer.group.name = %$group,
+            messaging.kafka.message.key = record.key_str(),
+            $($($field)+)?
+        );
+        $crate::kafka::follow_record(&span, record);
+        span
+    }};
+}
+
+/// `messaging.system` on every Kafka span.
+pub const MESSAGING_SYSTEM: &str = "kafka";
+
+/// Makes the trace context in `record`'s headers the parent of `span` (see [`process_span!`]).
+/// Without span export there is nothing to join and nothing happens.
+pub fn follow_record(span: &tracing::Span, record: &crate::consume::Record) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let parent = context_from_headers(record.headers.as_ref());
+    if parent.span().span_context().is_valid() {
+        // Fails only when spans are not exported: then there is no trace to join.
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// A span for producing one record to `topic` under `parent`, with OpenTelemetry's messaging
+/// attributes: span kind `producer`, name `send <topic>`, `messaging.system` `kafka`,
+/// `messaging.operation.type`/`.name` `send`, `messaging.destination.name`,
+/// `messaging.kafka.message.key`, and, once [`sent`] reports the broker's acknowledgement,
+/// `messaging.destination.partition.id` and `messaging.kafka.offset`. The record's headers come
+/// from [`send_headers`], so the consumer's span is this span's child.
+pub fn send_span(parent: &tracing::Span, topic: &str, key: &str) -> tracing::Span {
+    tracing::info_span!(
+        parent: parent,
+        "send",
+        otel.name = %format_args!("send {topic}"),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = MESSAGING_SYSTEM,
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.destination.name = topic,
+        messaging.destination.partition.id = tracing::field::Empty,
+        messaging.kafka.offset = tracing::field::Empty,
+        messaging.kafka.message.key = key,
+    )
+}
+
+/// Records on a [`send_span`] where the record landed (status ok), or that an attempt failed
+/// (status error, until a retry succeeds).
+pub fn sent<E>(span: &tracing::Span, result: &Result<crate::producer::Written, E>) {
+    match result {
+        Ok(written) => {
+            span.record(
+                "messaging.destination.partition.id",
+                tracing::field::display(written.partition),
+            );
+            span.record("messaging.kafka.offset", written.offset);
+            // Final: an attempt that failed before and was retried ends as a success.
+            span.record("otel.status_code", "ok");
+        }
+        Err(_) => {
+            span.record("otel.status_code", "error");
+        }
+    }
+}
+
+/// The trace headers of a record produced under `span` (a [`send_span`]). With spans exported
+/// they carry `span`'s context; without, `upstream` (the context the stage received, if any), so
+/// the trace id still follows the record downstream.
+pub fn send_headers(span: &tracing::Span, upstream: &Context) -> OwnedHeaders {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = span.context();
+    if cx.span().span_context().is_valid() {
+        trace_headers(&cx)
+    } else {
+        trace_headers(upstream)
+    }
 }
 
 struct HeaderCarrier(HashMap<String, String>);
@@ -467,12 +571,199 @@ mod tests {
         let cx = context_from_headers(Some(&headers));
         let sc = cx.span().span_context().clone();
         assert!(sc.is_valid() && sc.is_remote());
+        assert!(
+            sc.is_sampled(),
+            "a stage that exports records spans under a fresh trace id"
+        );
         assert!(parent.contains(&sc.trace_id().to_string()));
 
         // Passing it on keeps the trace id.
         let again = trace_headers(&cx);
         let cx2 = context_from_headers(Some(&again));
         assert_eq!(cx2.span().span_context().trace_id(), sc.trace_id());
+    }
+
+    /// Finished spans, collected from a tracer provider that exports nowhere else.
+    #[derive(Debug, Clone, Default)]
+    struct Collected(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+    impl opentelemetry_sdk::trace::SpanProcessor for Collected {
+        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &Context) {}
+        fn on_end(&self, span: opentelemetry_sdk::trace::SpanData) {
+            self.0.lock().unwrap().push(span);
+        }
+        fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    impl Collected {
+        /// Runs `f` with spans exported to this collector, then returns them.
+        fn run(f: impl FnOnce()) -> Vec<opentelemetry_sdk::trace::SpanData> {
+            use opentelemetry::trace::TracerProvider as _;
+            use tracing_subscriber::layer::SubscriberExt;
+            let collected = Collected::default();
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_span_processor(collected.clone())
+                .build();
+            let subscriber = tracing_subscriber::registry()
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+            tracing::subscriber::with_default(subscriber, f);
+            collected.0.lock().unwrap().clone()
+        }
+    }
+
+    fn attribute(span: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<String> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    }
+
+    fn record_with(headers: Option<OwnedHeaders>) -> crate::consume::Record {
+        crate::consume::Record {
+            topic: "customers.normalized".into(),
+            partition: 2,
+            offset: 41,
+            key: Some(b"cus_1".to_vec()),
+            payload: None,
+            headers,
+            timestamp_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_process_span_joins_the_producers_trace_with_the_messaging_attributes() {
+        let upstream = trace_headers(&Context::new());
+        let upstream_cx = context_from_headers(Some(&upstream));
+        let upstream_sc = upstream_cx.span().span_context().clone();
+        let record = record_with(Some(upstream));
+        let spans = Collected::run(|| {
+            let span = crate::process_span!("change", &record, "sink-group", customer_id = "cus_1");
+            drop(span);
+        });
+        let [span] = &spans[..] else {
+            panic!("one span: {spans:?}")
+        };
+        assert_eq!(span.name, "process customers.normalized");
+        assert_eq!(span.span_kind, opentelemetry::trace::SpanKind::Consumer);
+        assert_eq!(span.span_context.trace_id(), upstream_sc.trace_id());
+        assert_eq!(span.parent_span_id, upstream_sc.span_id());
+        assert!(span.parent_span_is_remote);
+        for (key, value) in [
+            ("messaging.system", "kafka"),
+            ("messaging.operation.type", "process"),
+            ("messaging.operation.name", "process"),
+            ("messaging.destination.name", "customers.normalized"),
+            ("messaging.destination.partition.id", "2"),
+            ("messaging.kafka.offset", "41"),
+            ("messaging.consumer.group.name", "sink-group"),
+            ("messaging.kafka.message.key", "cus_1"),
+            ("customer_id", "cus_1"),
+        ] {
+            assert_eq!(attribute(span, key).as_deref(), Some(value), "{key}");
+        }
+        assert_eq!(
+            attribute(span, "otel.name"),
+            None,
+            "a span setting, not an attribute"
+        );
+
+        // A record without trace context starts a trace of its own.
+        let spans = Collected::run(|| drop(crate::process_span!("enrich", &record_with(None), "g")));
+        assert_eq!(spans[0].parent_span_id, SpanId::INVALID);
+        assert!(spans[0].span_context.is_valid());
+    }
+
+    #[test]
+    fn a_send_span_is_the_parent_of_what_consumes_its_record() {
+        let record = record_with(None);
+        let mut headers = None;
+        let spans = Collected::run(|| {
+            let process = crate::process_span!("enrich", &record, "enricher");
+            let send = send_span(&process, "customers.normalized", "cus_1");
+            headers = Some(send_headers(&send, &Context::new()));
+            sent::<()>(
+                &send,
+                &Ok(crate::producer::Written {
+                    partition: 1,
+                    offset: 7,
+                }),
+            );
+            let failed = send_span(&process, "customers.normalized", "cus_2");
+            sent(&failed, &Err(()));
+            let retried = send_span(&process, "customers.normalized", "cus_3");
+            sent(&retried, &Err(()));
+            sent::<()>(
+                &retried,
+                &Ok(crate::producer::Written {
+                    partition: 0,
+                    offset: 1,
+                }),
+            );
+        });
+        let by_name = |key: &str| {
+            spans
+                .iter()
+                .find(|s| attribute(s, "messaging.kafka.message.key").as_deref() == Some(key))
+                .unwrap_or_else(|| panic!("no span for {key}: {spans:?}"))
+        };
+        let process = spans
+            .iter()
+            .find(|s| s.span_kind == opentelemetry::trace::SpanKind::Consumer)
+            .unwrap();
+        let send = by_name("cus_1");
+        assert_eq!(send.name, "send customers.normalized");
+        assert_eq!(send.span_kind, opentelemetry::trace::SpanKind::Producer);
+        assert_eq!(send.parent_span_id, process.span_context.span_id());
+        assert_eq!(send.span_context.trace_id(), process.span_context.trace_id());
+        for (key, value) in [
+            ("messaging.system", "kafka"),
+            ("messaging.operation.type", "send"),
+            ("messaging.operation.name", "send"),
+            ("messaging.destination.name", "customers.normalized"),
+            ("messaging.destination.partition.id", "1"),
+            ("messaging.kafka.offset", "7"),
+        ] {
+            assert_eq!(attribute(send, key).as_deref(), Some(value), "{key}");
+        }
+        assert_eq!(send.status, opentelemetry::trace::Status::Ok);
+        assert_eq!(by_name("cus_2").status, opentelemetry::trace::Status::error(""));
+        assert_eq!(
+            by_name("cus_3").status,
+            opentelemetry::trace::Status::Ok,
+            "a retry that succeeds ends the span as a success"
+        );
+
+        // The produced record carries the send span's context: the next stage is its child.
+        let next = context_from_headers(headers.as_ref());
+        assert_eq!(next.span().span_context().span_id(), send.span_context.span_id());
+        assert_eq!(
+            next.span().span_context().trace_id(),
+            send.span_context.trace_id()
+        );
+    }
+
+    #[test]
+    fn without_export_the_upstream_trace_id_is_passed_on() {
+        let upstream = trace_headers(&Context::new());
+        let upstream_cx = context_from_headers(Some(&upstream));
+        let record = record_with(Some(upstream));
+        // No OpenTelemetry layer: the spans exist for logs only.
+        let subscriber = tracing_subscriber::registry();
+        let headers = tracing::subscriber::with_default(subscriber, || {
+            let process = crate::process_span!("enrich", &record, "enricher");
+            let send = send_span(&process, "t", "k");
+            send_headers(&send, &upstream_cx)
+        });
+        let next = context_from_headers(Some(&headers));
+        assert_eq!(
+            next.span().span_context().trace_id(),
+            upstream_cx.span().span_context().trace_id()
+        );
     }
 
     #[test]

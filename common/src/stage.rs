@@ -343,7 +343,6 @@ async fn run_loop<S: ConsumingStage, H: BatchHandler>(
     Ok(())
 }
 
-/// `/readyz` `kafka`: the broker serves metadata.
 /// The placeholder in `instance_id` that stands for the machine's hostname, so replicas started
 /// from one configuration (containers of a scaled service, pods) each get their own static
 /// membership id, stable across restarts in place.
@@ -374,6 +373,7 @@ pub fn hostname() -> Option<String> {
         .find(|name| !name.is_empty())
 }
 
+/// `/readyz` `kafka`: the broker serves metadata.
 fn broker_check(kafka: &KafkaSettings) -> Check {
     let kafka = kafka.clone();
     ops::check(move || {

@@ -134,6 +134,17 @@ pub fn init(default_service: &str, settings: &TelemetrySettings) -> anyhow::Resu
     Ok(Telemetry { provider })
 }
 
+/// Links span `from` to span `to` (OpenTelemetry span links): for work done for many traces at
+/// once, such as one request carrying many records' operations. Without span export, nothing.
+pub fn link(from: &tracing::Span, to: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let cx = to.context();
+    let target = cx.span().span_context().clone();
+    // An invalid context (export off) is ignored by `add_link`.
+    from.add_link(target);
+}
+
 fn build_provider(endpoint: String, service: String) -> anyhow::Result<SdkTracerProvider> {
     use opentelemetry_otlp::WithExportConfig;
     let exporter = opentelemetry_otlp::SpanExporter::builder()

@@ -15,16 +15,14 @@ use common::{
     consume::{Abandoned, BatchHandler, Record},
     dlq::{DeadLetters, Failure},
     health::Health,
-    kafka::{context_from_headers, trace_headers},
+    kafka::{self, context_from_headers, send_headers, send_span},
     producer::{Pending, Producer, SendError},
     retry::{self, BackoffSettings, Retry, Stopped, Verdict},
 };
-use opentelemetry::trace::TraceContextExt;
 use rdkafka::{message::OwnedHeaders, producer::FutureRecord};
 use schemas::{Codec, CodecError, Customer, StripeEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{metrics::Metrics, normalize};
 
@@ -40,6 +38,8 @@ pub struct Enricher {
     metrics: Metrics,
     output_topic: String,
     dlq_topic: String,
+    /// The consumer group, for the spans' `messaging.consumer.group.name`.
+    group: String,
     /// Event types turned into customer changes; others are skipped.
     event_types: BTreeSet<String>,
     backoff: BackoffSettings,
@@ -55,6 +55,7 @@ pub struct EnricherParts {
     pub metrics: Metrics,
     pub output_topic: String,
     pub dlq_topic: String,
+    pub group: String,
     pub event_types: BTreeSet<String>,
     pub backoff: BackoffSettings,
 }
@@ -69,6 +70,7 @@ impl Enricher {
             metrics: parts.metrics,
             output_topic: parts.output_topic,
             dlq_topic: parts.dlq_topic,
+            group: parts.group,
             event_types: parts.event_types,
             backoff: parts.backoff,
         }
@@ -92,6 +94,8 @@ struct Output<'a> {
     headers: OwnedHeaders,
     /// The record's span, kept open until its output is acknowledged.
     span: tracing::Span,
+    /// The produce's span, a child of `span`; `headers` carry its context.
+    send: tracing::Span,
 }
 
 /// What became of one input record before producing.
@@ -135,38 +139,31 @@ impl Enricher {
         record: &'a Record,
         cancel: &CancellationToken,
     ) -> Result<Prepared<'a>, Abandoned> {
-        let parent = context_from_headers(record.headers.as_ref());
-        let span = tracing::info_span!(
+        let span = common::process_span!(
             "enrich",
-            topic = %record.topic,
-            partition = record.partition,
-            offset = record.offset,
+            record,
+            self.group,
             event_id = tracing::field::Empty,
             event_type = tracing::field::Empty,
             customer_id = tracing::field::Empty,
         );
-        // Fails only when the span is disabled or already started; neither loses a record.
-        let _ = span.set_parent(parent.clone());
         let prepared = self
             .prepare_in_span(record, cancel, &span)
             .instrument(span.clone())
             .await?;
         Ok(match prepared {
             Step::Produce { key, payload } => {
-                // With spans exported the child span's context is passed on; without, the
+                // With spans exported the produce span's context is passed on; without, the
                 // incoming context is, so the trace id still follows the record downstream.
-                let cx = span.context();
-                let cx = if cx.span().span_context().is_valid() {
-                    cx
-                } else {
-                    parent
-                };
+                let send = send_span(&span, &self.output_topic, &key);
+                let headers = send_headers(&send, &context_from_headers(record.headers.as_ref()));
                 Prepared::Produce(Output {
                     record,
                     key,
                     payload,
-                    headers: trace_headers(&cx),
+                    headers,
                     span,
+                    send,
                 })
             }
             Step::Skip => Prepared::Skip,
@@ -285,7 +282,9 @@ impl Enricher {
                     let enqueued = pending.len();
                     for (i, delivery) in pending.into_iter().enumerate() {
                         let out = &outputs[start + i];
-                        match delivery.wait().await {
+                        let delivered = delivery.wait().instrument(out.send.clone()).await;
+                        kafka::sent(&out.send, &delivered);
+                        match delivered {
                             Ok(_) => {
                                 self.metrics.records_out.inc();
                                 out.span

@@ -84,6 +84,7 @@ pub async fn run(
                 metrics,
                 output_topic: config.output_topic.clone(),
                 dlq_topic: config.dlq_topic(),
+                group: config.group.clone(),
                 event_types: config.event_types.clone(),
                 backoff: config.backoff.clone(),
             }))

@@ -165,7 +165,17 @@ impl IntoResponse for Accepted {
 
 async fn webhook(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
-    let span = tracing::info_span!("webhook", event_id = Empty, event_type = Empty);
+    let span = tracing::info_span!(
+        "webhook",
+        otel.name = "POST /webhooks/stripe",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = "POST",
+        http.route = WEBHOOK_PATH,
+        http.response.status_code = Empty,
+        event_id = Empty,
+        event_type = Empty,
+    );
     let shared = &state.shared;
     let result = async {
         tokio::time::timeout(shared.request_timeout, state.handle(request))
@@ -188,6 +198,11 @@ async fn webhook(State(state): State<AppState>, request: Request) -> Response {
         }
     };
     shared.metrics.request(outcome, started.elapsed().as_secs_f64());
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
     response
 }
 

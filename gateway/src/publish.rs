@@ -10,6 +10,7 @@ use std::{
 use common::{
     config::KafkaSettings,
     health::Health,
+    kafka,
     ops::{Check, check},
     producer::{Producer, SendError},
 };
@@ -21,6 +22,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord, Producer as _},
 };
 use schemas::{Codec, CodecError, StripeEvent};
+use tracing::Instrument;
 
 use crate::event::VerifiedEvent;
 
@@ -152,13 +154,18 @@ impl KafkaPublisher {
             .await
             .map_err(|_| PublishError::RegistryTimeout)?
             .map_err(PublishError::Registry)?;
-        let headers = common::kafka::trace_headers(&common::kafka::current_context());
+        // The produce is a child of the request's span; the record carries the produce span's
+        // context, so the enricher's span is its child in the same trace.
+        let span = kafka::send_span(&tracing::Span::current(), &inner.topic, event.key());
+        let headers = kafka::send_headers(&span, &kafka::current_context());
         let size = record_size(event.key(), &payload, &headers);
         if size > inner.max_record {
-            return Err(PublishError::TooLarge {
+            let refused = Err(PublishError::TooLarge {
                 size,
                 limit: inner.max_record,
             });
+            kafka::sent(&span, &refused);
+            return refused;
         }
         let record = FutureRecord::to(&inner.topic)
             .key(event.key())
@@ -167,9 +174,10 @@ impl KafkaPublisher {
         // The producer's own delivery timeout is the write budget, and it waits a little past it
         // for librdkafka's definite answer, so a 503 here rarely hides a late success.
         let result = match inner.producer.enqueue(record) {
-            Ok(pending) => pending.wait().await,
+            Ok(pending) => pending.wait().instrument(span.clone()).await,
             Err(e) => Err(e),
         };
+        kafka::sent(&span, &result);
         result.map_err(|e| publish_error(e, size, inner.max_record))
     }
 

@@ -19,6 +19,7 @@ use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
 };
+use tracing::Instrument;
 
 use crate::{
     apply::Contacts,
@@ -68,6 +69,59 @@ pub struct Operation {
     pub headers: Vec<(&'static str, String)>,
     /// JSON body, for writes.
     pub body: Option<String>,
+}
+
+impl Operation {
+    /// The entity set the operation is on: `contacts` of `contacts(k='v')?$select=a`.
+    pub fn table(&self) -> &str {
+        self.path.split(['(', '?', '/']).next().unwrap_or_default()
+    }
+}
+
+/// The span of one operation as its caller sees it: opened under the caller's span (a record's
+/// `change` span), it lasts until the operation's own answer arrives, whether the operation was
+/// sent alone or in a `$batch`. So every record's trace holds its Dataverse reads and writes.
+fn operation_span(op: &Operation) -> tracing::Span {
+    tracing::info_span!(
+        "dataverse_operation",
+        otel.name = %format_args!("dataverse {} {}", op.method.as_str(), op.table()),
+        otel.status_code = tracing::field::Empty,
+        http.request.method = op.method.as_str(),
+        dataverse.table = op.table(),
+        http.response.status_code = tracing::field::Empty,
+    )
+}
+
+/// The span of one HTTP request to Dataverse (kind `client`): one operation, under that
+/// operation's span, or a `$batch` of `operations`, which serves many records' traces at once and
+/// so starts a trace of its own linked to each operation's span.
+fn request_span(
+    parent: Option<&tracing::Span>,
+    method: &str,
+    target: &str,
+    operations: usize,
+) -> tracing::Span {
+    tracing::info_span!(
+        parent: parent.and_then(tracing::Span::id),
+        "dataverse_request",
+        otel.name = %format_args!("{method} {target}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        dataverse.operations = operations,
+        http.response.status_code = tracing::field::Empty,
+    )
+}
+
+/// Records an answer's status on the current span (an operation's or a request's); a failure
+/// that is not Dataverse's verdict on the operation (timeout, throttling, 5xx) marks it an error.
+fn record_status(span: &tracing::Span, status: Option<u16>) {
+    if let Some(status) = status {
+        span.record("http.response.status_code", status);
+    }
+    if status.is_none_or(|s| s >= 500 || s == 429) {
+        span.record("otel.status_code", "error");
+    }
 }
 
 /// The answer to one operation (a whole response, or one part of a batch response).
@@ -180,6 +234,7 @@ impl Transport {
                 .await
                 .map_err(|e| transport_error(&e))?;
             let status = response.status().as_u16();
+            record_status(&tracing::Span::current(), Some(status));
             let headers = response.headers().clone();
             let body = response.bytes().await.map_err(|e| transport_error(&e))?.to_vec();
             self.metrics.request(operations, started.elapsed().as_secs_f64());
@@ -232,8 +287,22 @@ impl Transport {
         );
     }
 
-    /// Sends one operation on its own.
-    pub async fn single(&self, op: &Operation, permit: &Permit) -> Result<Answer, WriteError> {
+    /// Sends one operation on its own, in a request span under `parent` (the operation's span).
+    pub async fn single(
+        &self,
+        op: &Operation,
+        permit: &Permit,
+        parent: &tracing::Span,
+    ) -> Result<Answer, WriteError> {
+        let span = request_span(Some(parent), op.method.as_str(), op.table(), 1);
+        let answer = self.single_unobserved(op, permit).instrument(span.clone()).await;
+        if answer.is_err() {
+            record_status(&span, None);
+        }
+        answer
+    }
+
+    async fn single_unobserved(&self, op: &Operation, permit: &Permit) -> Result<Answer, WriteError> {
         let url = self.url(&op.path);
         let raw = self
             .send(permit, 1, || {
@@ -255,10 +324,31 @@ impl Transport {
         })
     }
 
-    /// Sends operations as one `$batch`. `None` when Dataverse refused the batch as a whole
-    /// (400, 413, other 4xx): the caller sends the operations one by one, so each gets its own
-    /// answer.
-    async fn batch(&self, ops: &[Operation], permit: &Permit) -> Option<Vec<Result<Answer, WriteError>>> {
+    /// Sends operations as one `$batch`, in a request span linked to each operation's span in
+    /// `links`. `None` when Dataverse refused the batch as a whole (400, 413, other 4xx): the
+    /// caller sends the operations one by one, so each gets its own answer.
+    async fn batch(
+        &self,
+        ops: &[Operation],
+        permit: &Permit,
+        links: &[&tracing::Span],
+    ) -> Option<Vec<Result<Answer, WriteError>>> {
+        let span = request_span(None, "POST", "$batch", ops.len());
+        for linked in links {
+            common::telemetry::link(&span, linked);
+        }
+        let answers = self.batch_unobserved(ops, permit).instrument(span.clone()).await;
+        if matches!(&answers, Some(answers) if answers.iter().all(Result::is_err)) {
+            record_status(&span, None);
+        }
+        answers
+    }
+
+    async fn batch_unobserved(
+        &self,
+        ops: &[Operation],
+        permit: &Permit,
+    ) -> Option<Vec<Result<Answer, WriteError>>> {
         let boundary = batch::new_boundary();
         let parts: Vec<PartRequest> = ops
             .iter()
@@ -379,6 +469,8 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 struct Queued {
     op: Operation,
     reply: oneshot::Sender<Result<Answer, WriteError>>,
+    /// The operation's span: the parent of a request sending it alone, linked from a `$batch`.
+    span: tracing::Span,
 }
 
 /// Coalesces concurrent operations into `$batch` requests.
@@ -420,15 +512,24 @@ impl Batcher {
         &self.transport
     }
 
-    /// Runs one operation (alone or in a batch with others) and returns its answer.
+    /// Runs one operation (alone or in a batch with others) and returns its answer, in an
+    /// operation span under the caller's span.
     pub async fn execute(&self, op: Operation) -> Result<Answer, WriteError> {
+        let span = operation_span(&op);
+        let answer = self.run(op, &span).instrument(span.clone()).await;
+        record_status(&span, answer.as_ref().ok().map(|a| a.status));
+        answer
+    }
+
+    async fn run(&self, op: Operation, span: &tracing::Span) -> Result<Answer, WriteError> {
         let Some(queue) = &self.queue else {
             let permit = self.transport.limiter.acquire().await;
-            return self.transport.single(&op, &permit).await;
+            return self.transport.single(&op, &permit, span).await;
         };
         let stopped = || WriteError::transient(DISPATCHER_STOPPED, "the request dispatcher has stopped");
         let (reply, answer) = oneshot::channel();
-        queue.send(Queued { op, reply }).map_err(|_| stopped())?;
+        let span = span.clone();
+        queue.send(Queued { op, reply, span }).map_err(|_| stopped())?;
         answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 }
@@ -496,7 +597,7 @@ async fn dispatch(
 
 async fn send(transport: Arc<Transport>, ops: Vec<Queued>, permit: Permit, fatal: Fatal) {
     if let [only] = &ops[..] {
-        let answer = transport.single(&only.op, &permit).await;
+        let answer = transport.single(&only.op, &permit, &only.span).await;
         drop(permit);
         if let Some(q) = ops.into_iter().next() {
             let _ = q.reply.send(answer);
@@ -504,7 +605,10 @@ async fn send(transport: Arc<Transport>, ops: Vec<Queued>, permit: Permit, fatal
         return;
     }
     let operations: Vec<Operation> = ops.iter().map(|q| q.op.clone()).collect();
-    match transport.batch(&operations, &permit).await {
+    let spans: Vec<&tracing::Span> = ops.iter().map(|q| &q.span).collect();
+    let answers = transport.batch(&operations, &permit, &spans).await;
+    drop(spans);
+    match answers {
         Some(answers) => {
             drop(permit);
             for (q, answer) in ops.into_iter().zip(answers) {
@@ -517,7 +621,7 @@ async fn send(transport: Arc<Transport>, ops: Vec<Queued>, permit: Permit, fatal
                 let transport = transport.clone();
                 supervise("a Dataverse request", fatal.clone(), async move {
                     let permit = transport.limiter.acquire().await;
-                    let answer = transport.single(&q.op, &permit).await;
+                    let answer = transport.single(&q.op, &permit, &q.span).await;
                     drop(permit);
                     let _ = q.reply.send(answer);
                 });

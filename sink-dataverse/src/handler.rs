@@ -17,7 +17,6 @@ use schemas::{Codec, Customer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
     apply::{Contacts, Finished, apply},
@@ -44,6 +43,8 @@ pub struct SinkHandler<C> {
     pub columns: Columns,
     pub dead_letters: DeadLetters,
     pub dlq_topic: String,
+    /// The consumer group, for the spans' `messaging.consumer.group.name`.
+    pub group: String,
     pub metrics: Metrics,
     /// Where lasting failures are reported, for `/readyz`.
     pub health: Health,
@@ -161,18 +162,16 @@ impl<C: Contacts> SinkHandler<C> {
         change: &Customer,
         cancel: &CancellationToken,
     ) -> Result<(), Abandoned> {
-        let span = tracing::info_span!(
+        // A child of the enricher's produce span; the Dataverse operations are its children.
+        let span = common::process_span!(
             "change",
-            topic = %record.topic,
-            partition = record.partition,
-            offset = record.offset,
+            record,
+            self.group,
             customer_id = %change.customer_id,
             event_id = %change.source_event_id,
             event_type = %change.source_event_type,
             outcome = tracing::field::Empty,
         );
-        // Only fails when tracing is not exported; then there is no trace to join.
-        let _ = span.set_parent(common::kafka::context_from_headers(record.headers.as_ref()));
         async {
             let started = Instant::now();
             let finished = apply(

@@ -117,6 +117,7 @@ pub async fn run(
             columns,
             dead_letters: startup.dead_letters,
             dlq_topic: config.dlq_topic(),
+            group: config.group.clone(),
             metrics,
             health: startup.health,
             backoff: config.backoff.clone(),

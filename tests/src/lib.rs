@@ -9,6 +9,7 @@
 //! * [`wait_until`] — poll a condition with a deadline, instead of sleeping.
 //! * [`workload`] — generated Stripe customer histories, the state they must end in, and a
 //!   Stripe-like sender that retries every delivery until it is acknowledged.
+//! * [`otlp::Receiver`] — an OTLP/HTTP trace receiver keeping the spans the stages export.
 //! * [`inspect`] — what the stages did: watermarks, committed offsets, caught-up waits, a topic
 //!   read back, a stage's `/metrics`.
 //!
@@ -35,6 +36,7 @@ use rdkafka::{
 use tempfile::TempDir;
 
 pub mod inspect;
+pub mod otlp;
 pub mod pipeline;
 pub mod workload;
 

@@ -57,11 +57,19 @@ pub struct Pipeline {
     /// Members that join their group without static membership (see [`Pipeline::start_dynamic_member`]).
     dynamic: HashSet<(Stage, usize)>,
     http: reqwest::Client,
+    /// Set for every stage after the pipeline's own settings (so it may override them).
+    extra_env: Vec<(String, String)>,
 }
 
 impl Pipeline {
     /// Starts every process and waits until each stage reports ready.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// Like [`Pipeline::start`], with `extra_env` set for every stage (e.g.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`), also when a stage is started again.
+    pub async fn start_with(extra_env: Vec<(String, String)>) -> anyhow::Result<Self> {
         let env = TestEnv::start().await?;
         let names = Names {
             events_topic: unique("stripe.events"),
@@ -86,6 +94,7 @@ impl Pipeline {
             services: HashMap::new(),
             dynamic: HashSet::new(),
             http: reqwest::Client::new(),
+            extra_env,
         };
         for stage in [Stage::Gateway, Stage::Enricher, Stage::Sink] {
             pipeline.start_stage(stage).await?;
@@ -179,6 +188,7 @@ impl Pipeline {
                 set(&mut env, "SINK_DATAVERSE__CLIENT_SECRET", "local-secret");
             }
         }
+        env.extend(self.extra_env.iter().cloned());
         env
     }
 
