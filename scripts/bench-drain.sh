@@ -62,6 +62,7 @@ BOOTSTRAP="127.0.0.1:$BROKER_PORT"
 export KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" SCHEMA_REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
 export RUST_LOG="${BENCH_LOG:-warn}"
 
+bash "$ROOT/dev/tansu/apply-indexes.sh" "$WORK/tansu.db"
 (cd "$WORK" && RUST_LOG=warn exec "$TANSU" broker --listener-url "tcp://$BOOTSTRAP" \
   --advertised-listener-url "tcp://$BOOTSTRAP" --storage-engine sqlite://tansu.db) \
   > "$WORK/broker.log" 2>&1 &

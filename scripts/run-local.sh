@@ -138,6 +138,7 @@ watch_status() {
   done
 }
 
+bash "$ROOT/dev/tansu/apply-indexes.sh" "$STATE/broker/tansu.db"
 start broker env -C "$STATE/broker" -u OTEL_EXPORTER_OTLP_ENDPOINT "$TANSU" broker \
   --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
   --storage-engine sqlite://tansu.db

@@ -12,10 +12,11 @@ mkdir -p "$CACHE"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # Native build tools: librdkafka (built from source by rdkafka-sys) needs a C/C++ toolchain,
-# make and pkg-config; the broker's SQLite and crypto dependencies need cmake.
+# make and pkg-config; the broker's SQLite and crypto dependencies need cmake. sqlite3 adds the
+# indexes the broker's storage lacks (dev/tansu/indexes.sql).
 # docker-compose (validates the compose files without an engine), python3-yaml and python3-venv
 # serve the static container checks (scripts/check-compose.sh).
-packages=(build-essential cmake pkg-config protobuf-compiler curl openssl python3 python3-yaml python3-venv docker-compose)
+packages=(build-essential cmake pkg-config protobuf-compiler curl openssl sqlite3 python3 python3-yaml python3-venv docker-compose)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

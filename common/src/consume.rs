@@ -95,7 +95,8 @@ pub trait BatchHandler: Send + Sync + 'static {
 pub struct LoopSettings {
     /// Most records handed to one `handle` call.
     pub max_batch: usize,
-    /// Records queued for one partition before it is paused.
+    /// Records queued for one partition before it is paused. A pause makes librdkafka drop what it
+    /// had prefetched for the partition, so this is well above what one fetch answer brings.
     pub max_queued_per_partition: usize,
     /// How often finished offsets are stored for the background commit.
     pub store_interval: Duration,
@@ -111,7 +112,7 @@ impl Default for LoopSettings {
     fn default() -> Self {
         LoopSettings {
             max_batch: 100,
-            max_queued_per_partition: 1000,
+            max_queued_per_partition: 5000,
             store_interval: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
@@ -126,7 +127,7 @@ impl Default for LoopSettings {
 pub struct ConsumerSettings {
     /// Most records of one partition handled together. Default 100.
     pub max_batch: usize,
-    /// Records queued for one partition before it is paused. Default 1000.
+    /// Records queued for one partition before it is paused. Default 5000.
     pub max_queued_per_partition: usize,
     /// How often finished offsets are handed to the background commit (which runs every second;
     /// `kafka.properties.auto.commit.interval.ms` changes that). Default `200ms`.

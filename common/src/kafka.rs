@@ -77,7 +77,7 @@ pub fn producer_config(
     config
 }
 
-/// The group timing and fetch sizing every consuming stage starts from, as one choice (each can
+/// The group timing and fetch settings every consuming stage starts from, as one choice (each can
 /// be overridden through `kafka.properties.<name>`):
 ///
 /// * `session.timeout.ms` 45 s and `heartbeat.interval.ms` 3 s (librdkafka's own defaults): a
@@ -87,23 +87,20 @@ pub fn producer_config(
 ///   partitions back at once, which is how quick failover is had without a short session.
 /// * `max.poll.interval.ms` stays at librdkafka's 300 s: the loop polls continuously whatever the
 ///   handler does (slow partitions are paused, not waited for).
-/// * `max.partition.fetch.bytes` 64 KiB and `fetch.max.bytes` 1 MiB (librdkafka: 1 MiB and
-///   50 MiB): small fetch answers, so no single answer holds up the heartbeats, commits and
-///   produce requests a broker serves beside it. A broker that serves a large fetch slowly and
-///   meanwhile answers nothing else (the local broker does, see the README's broker notes) would
-///   otherwise expire the session during a backlog. Against Kafka this costs nothing that
-///   matters: fetches are pipelined, and 64 KiB per partition per round trip is far above what a
-///   stage writing to Dataverse consumes.
-/// * `queued.min.messages` 1000 per partition (librdkafka: 100000): the loop pauses a partition
-///   whose records in hand reach `consumer.max_queued_per_partition`, and a pause throws away
-///   what librdkafka had prefetched for it; a small prefetch keeps that waste, and the fetches it
-///   costs, small.
+/// * Fetch sizes stay at librdkafka's (`max.partition.fetch.bytes` 1 MiB, `fetch.max.bytes`
+///   50 MiB): a backlog is read in few, large answers.
+/// * `queued.min.messages` 1000 per partition (librdkafka: 100000) bounds what librdkafka
+///   prefetches beside the records the loop holds (`consumer.max_queued_per_partition`), so memory
+///   stays small whatever the backlog.
+/// * `fetch.queue.backoff.ms` 10 ms (librdkafka: 1 s): when a fetch answer overfills that
+///   prefetch bound (one 1 MiB answer is several thousand small records), librdkafka waits this
+///   long before it fetches the partition again. At 1 s the loop sat idle most of a backlog
+///   drain waiting for its next records (`BENCHMARKS.md`, *drain*).
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("session.timeout.ms", "45000"),
     ("heartbeat.interval.ms", "3000"),
-    ("max.partition.fetch.bytes", "65536"),
-    ("fetch.max.bytes", "1048576"),
     ("queued.min.messages", "1000"),
+    ("fetch.queue.backoff.ms", "10"),
 ];
 
 /// A consumer-group member that never commits an offset the application has not stored.

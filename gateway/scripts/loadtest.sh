@@ -42,6 +42,7 @@ wait_tcp() { # URL, seconds: any HTTP answer will do
 
 BROKER_PORT=$(free_port); REGISTRY_PORT=$(free_port); GATEWAY_PORT=$(free_port); BARE_PORT=$(free_port)
 
+bash "$ROOT/dev/tansu/apply-indexes.sh" "$WORK/tansu.db"
 (cd "$WORK" && RUST_LOG=warn exec "$TANSU" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
   --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" --storage-engine sqlite://tansu.db) \
   > "$WORK/broker.log" 2>&1 &

@@ -289,6 +289,7 @@ impl Broker {
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
         self.stop();
         self.starts += 1;
+        apply_storage_indexes(&self.dir.path().join("tansu.db")).await?;
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let mut command = Command::new(tansu_bin()?);
         command
@@ -338,6 +339,29 @@ impl Broker {
     pub fn is_running(&mut self) -> bool {
         self.process.as_mut().is_some_and(ChildProcess::is_running)
     }
+}
+
+/// Adds the index the broker's SQLite storage lacks (`dev/tansu/indexes.sql`: without it every
+/// fetched record costs a scan of every header the broker holds) to its database file, creating
+/// the file if needed, with Debian's `sqlite3`. Only while the broker is stopped: it does not wait
+/// for another writer's lock. Safe on an existing database.
+pub async fn apply_storage_indexes(db: &Path) -> anyhow::Result<()> {
+    const INDEXES: &str = include_str!("../../dev/tansu/indexes.sql");
+    let out = tokio::process::Command::new("sqlite3")
+        .arg("-bail")
+        .arg(db)
+        .arg(INDEXES)
+        .output()
+        .await
+        .context("running sqlite3 (bash scripts/setup.sh installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "adding the broker's storage index to {} failed: {}",
+            db.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// The workspace's schema registry on a free port, persisting to a temporary folder, so a restart
