@@ -931,6 +931,12 @@ pub fn redrive(target: &DlqTarget, args: &RedriveArgs) -> anyhow::Result<Redrive
         dry_run: args.dry_run,
         ..RedriveSummary::default()
     };
+    // Dead letters below the floor are not read again; they count as already redriven.
+    for p in &parts {
+        let (low, high) = consumer.fetch_watermarks(&target.dlq_topic, *p, TIMEOUT)?;
+        let floor = progress.floor.get(p).copied().unwrap_or(0);
+        summary.already_redriven += u64::try_from(floor.min(high) - low).unwrap_or(0);
+    }
     let producer = if args.dry_run {
         None
     } else {
