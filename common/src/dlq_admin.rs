@@ -862,9 +862,14 @@ fn outgoing(consumer: &BaseConsumer, target: &DlqTarget, letter: &DeadLetter) ->
     let (low, high) = consumer
         .fetch_watermarks(&topic, partition, TIMEOUT)
         .map_err(|e| gone(format!("cannot be looked up: {e}")))?;
-    if offset < low || offset >= high {
+    if offset < low {
         return Err(gone(format!(
             "is no longer retained (the partition holds {low}..{high})"
+        )));
+    }
+    if offset >= high {
+        return Err(gone(format!(
+            "is not in the topic (the partition holds {low}..{high}; was the topic recreated?)"
         )));
     }
     let original = read_range(consumer, &topic, partition, offset, offset + 1)

@@ -16,6 +16,12 @@ use serde_json::{Value, json};
 /// Runs `<stage> dlq …` with the stage's environment; returns stdout parsed as JSON (stderr,
 /// the progress lines, is shown on failure).
 async fn dlq(pipeline: &Pipeline, stage: Stage, args: &[&str]) -> Value {
+    let stdout = dlq_text(pipeline, stage, args).await;
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("dlq {args:?}: {e}:\n{stdout}"))
+}
+
+/// Runs `<stage> dlq …` with the stage's environment; returns stdout.
+async fn dlq_text(pipeline: &Pipeline, stage: Stage, args: &[&str]) -> String {
     let binary = match stage {
         Stage::Enricher => "enricher",
         Stage::Sink => "sink-dataverse",
@@ -37,7 +43,8 @@ async fn dlq(pipeline: &Pipeline, stage: Stage, args: &[&str]) -> Value {
         "{binary} dlq {args:?} exited with {}:\n{stdout}\n{stderr}",
         output.status
     );
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{binary} dlq {args:?}: {e}:\n{stdout}\n{stderr}"))
+    println!("$ {binary} dlq {}\n{stdout}{stderr}", args.join(" "));
+    stdout.into_owned()
 }
 
 fn total(watermarks: &HashMap<i32, i64>) -> i64 {
@@ -125,6 +132,8 @@ async fn records_dead_lettered_by_a_dataverse_rejection_land_once_each_after_the
         .map(|(p, range)| (p.clone(), range[0].as_i64().unwrap()))
         .next()
         .unwrap();
+    dlq_text(&pipeline, Stage::Sink, &["list"]).await;
+    dlq_text(&pipeline, Stage::Sink, &["show", &offset.to_string(), "--partition", &partition]).await;
     let shown = dlq(&pipeline, Stage::Sink, &["show", &offset.to_string(), "--partition", &partition, "--json"]).await;
     assert_eq!(shown["value"]["format"], "avro", "{shown:#}");
     assert!(shown["value"]["schema"].as_str().unwrap().ends_with("Customer"), "{shown:#}");
@@ -143,6 +152,9 @@ async fn records_dead_lettered_by_a_dataverse_rejection_land_once_each_after_the
     // Still refused: redriving now would only dead-letter them again, so fix the cause first.
     pipeline.set_faults(json!({})).await.unwrap();
     let writes_before = writes(&pipeline).await;
+    let text = dlq_text(&pipeline, Stage::Sink, &["redrive", "--dry-run"]).await;
+    assert_eq!(text.matches("would send").count(), 3, "one line each: {text}");
+    assert_eq!(total(&env.high_watermarks(&input).await), before_input);
     let first = dlq(&pipeline, Stage::Sink, &["redrive", "--json"]).await;
     assert_eq!(first["sent"], 3, "{first:#}");
     assert_eq!(total(&env.high_watermarks(&input).await), before_input + 3);
@@ -165,6 +177,7 @@ async fn records_dead_lettered_by_a_dataverse_rejection_land_once_each_after_the
     assert_eq!(total(&env.high_watermarks(&input).await), before_input + 3);
     env.wait_caught_up(&pipeline.names.sink_group, &input).await;
     assert_eq!(writes(&pipeline).await, writes_before + 3);
+    dlq_text(&pipeline, Stage::Sink, &["list"]).await;
     let listing = dlq(&pipeline, Stage::Sink, &["list", "--json"]).await;
     assert_eq!((listing["total"].as_i64(), listing["redriven"].as_i64()), (Some(3), Some(3)));
 }
@@ -207,10 +220,18 @@ async fn undecodable_records_are_listed_shown_and_redriven_by_reason_once_each()
     assert_eq!(by_class["malformed_payload"]["count"], 2);
     assert_eq!(by_class["unknown_schema"]["count"], 1);
     assert_eq!(by_class["malformed_payload"]["stage"], "enricher");
+    // The table says the same.
+    let table = dlq_text(&pipeline, Stage::Enricher, &["list"]).await;
+    assert!(table.starts_with(&format!("{dlq_topic}: 3 dead letters, 0 redriven, 3 pending")), "{table}");
+    let row = table.lines().find(|l| l.contains("malformed_payload")).unwrap();
+    assert!(row.starts_with("enricher") && row.contains(" 2 "), "{table}");
+
     let (partition, range) = by_class["malformed_payload"]["offsets"].as_object().unwrap().iter().next().unwrap();
     let first = range[0].as_i64().unwrap();
     assert_eq!(range[1].as_i64().unwrap(), first + 2, "{listing:#}");
 
+    let text = dlq_text(&pipeline, Stage::Enricher, &["show", &first.to_string(), "--partition", partition]).await;
+    assert!(text.contains("utf8: not avro at all"), "{text}");
     let shown = dlq(&pipeline, Stage::Enricher, &["show", &first.to_string(), "--partition", partition, "--json"]).await;
     assert_eq!(shown["key"], "cus_poison");
     assert_eq!(shown["original"]["topic"], events.as_str());
@@ -268,4 +289,94 @@ async fn undecodable_records_are_listed_shown_and_redriven_by_reason_once_each()
         assert!(!c.headers.keys().any(|k| k.starts_with("dlq.") && k != "dlq.redriven.from"), "{:?}", c.headers);
         assert!(c.header("dlq.redriven.from").unwrap().starts_with(&format!("{dlq_topic}/{partition}/")));
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_without_its_value_is_redriven_from_the_original_or_reported() {
+    use common::dlq::headers;
+    use common::dlq_admin::{DlqTarget, RedriveArgs, redrive};
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    let env = harness::TestEnv::start().await.unwrap();
+    let original = harness::unique("orig");
+    let dlq_topic = format!("{original}.dlq");
+    env.create_topic(&original, 1).await.unwrap();
+    env.create_topic(&dlq_topic, 1).await.unwrap();
+    let producer: FutureProducer =
+        common::kafka::producer(&env.kafka_settings(), "dlq-test", Duration::from_secs(10)).unwrap();
+    producer
+        .send(
+            FutureRecord::<str, [u8]>::to(&original)
+                .key("cus_big")
+                .payload(b"the original bytes")
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "traceparent",
+                    value: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                })),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    // Two dead letters without their value: one pointing at the original, one at an offset the
+    // topic does not hold.
+    for offset in ["0", "99"] {
+        let mut h = OwnedHeaders::new();
+        for (key, value) in [
+            (headers::STAGE, "sink-dataverse"),
+            (headers::ERROR_CLASS, "too_large"),
+            (headers::ERROR_MESSAGE, "Dataverse refused the change (413): too large"),
+            (headers::ORIGINAL_TOPIC, original.as_str()),
+            (headers::ORIGINAL_PARTITION, "0"),
+            (headers::ORIGINAL_OFFSET, offset),
+            (headers::FAILED_AT, "1796635300137"),
+            (headers::PAYLOAD_OMITTED, "Broker: Message size too large"),
+        ] {
+            h = h.insert(Header { key, value: Some(value) });
+        }
+        producer
+            .send(
+                FutureRecord::<str, [u8]>::to(&dlq_topic).key("cus_big").headers(h),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let target = DlqTarget {
+        kafka: env.kafka_settings(),
+        registry: None,
+        stage: "sink-dataverse".into(),
+        dlq_topic: dlq_topic.clone(),
+        progress_group: harness::unique("sink.redrive"),
+        ledger_topic: format!("{dlq_topic}.redriven"),
+        topics: common::kafka::TopicSettings::default(),
+    };
+    let run = |target: DlqTarget| {
+        tokio::task::spawn_blocking(move || redrive(&target, &RedriveArgs::default()))
+    };
+    let first = run(target.clone()).await.unwrap().unwrap();
+    assert_eq!((first.sent, first.unavailable), (1, 1), "{first}");
+    let missing = first.rows.iter().find(|r| r.outcome == "unavailable").unwrap();
+    assert_eq!(missing.offset, 1);
+    assert!(
+        missing.note.as_deref().unwrap().contains(&format!("{original}/0/99 is not in the topic")),
+        "{first}"
+    );
+    let records = env.read_all(&original).await;
+    assert_eq!(records.len(), 2);
+    let copy = &records[1];
+    assert_eq!(copy.payload.as_deref(), Some(&b"the original bytes"[..]));
+    assert_eq!(copy.key.as_deref(), Some("cus_big"));
+    assert!(copy.header("traceparent").is_some());
+    assert_eq!(copy.header("dlq.redriven.from"), Some(format!("{dlq_topic}/0/0").as_str()));
+
+    // Again: the one sent is not sent twice; the missing one is reported again.
+    let second = run(target).await.unwrap().unwrap();
+    assert_eq!(
+        (second.sent, second.already_redriven, second.unavailable),
+        (0, 1, 1),
+        "{second}"
+    );
+    assert_eq!(env.read_all(&original).await.len(), 2);
 }
