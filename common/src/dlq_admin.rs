@@ -277,7 +277,8 @@ impl DeadLetter {
 }
 
 fn admin_consumer(target: &DlqTarget) -> anyhow::Result<BaseConsumer> {
-    let mut config: ClientConfig = crate::kafka::client_config(&target.kafka, &format!("{}-dlq", target.stage));
+    let mut config: ClientConfig =
+        crate::kafka::client_config(&target.kafka, &format!("{}-dlq", target.stage));
     config
         .set("group.id", &target.progress_group)
         .set("enable.auto.commit", "false")
@@ -416,8 +417,9 @@ fn read_dlq(
     from: impl Fn(i32) -> i64,
 ) -> anyhow::Result<(Vec<i32>, Vec<DeadLetter>)> {
     let topic = &target.dlq_topic;
-    let parts = partitions(consumer, topic)?
-        .with_context(|| format!("dead-letter topic {topic} does not exist (nothing was dead-lettered yet?)"))?;
+    let parts = partitions(consumer, topic)?.with_context(|| {
+        format!("dead-letter topic {topic} does not exist (nothing was dead-lettered yet?)")
+    })?;
     let mut letters = Vec::new();
     for p in &parts {
         let (low, high) = consumer.fetch_watermarks(topic, *p, TIMEOUT)?;
@@ -503,7 +505,7 @@ pub fn group_letters(letters: &[DeadLetter], redriven: impl Fn(&DeadLetter) -> b
             offsets: a.offsets,
         })
         .collect();
-    out.sort_by(|a, b| b.count.cmp(&a.count));
+    out.sort_by_key(|g| std::cmp::Reverse(g.count));
     out
 }
 
@@ -541,7 +543,13 @@ impl std::fmt::Display for Listing {
                 let offsets = g
                     .offsets
                     .iter()
-                    .map(|(p, (a, b))| if a == b { format!("{p}:{a}") } else { format!("{p}:{a}-{b}") })
+                    .map(|(p, (a, b))| {
+                        if a == b {
+                            format!("{p}:{a}")
+                        } else {
+                            format!("{p}:{a}-{b}")
+                        }
+                    })
                     .collect::<Vec<_>>()
                     .join(" ");
                 [
@@ -668,7 +676,9 @@ pub async fn show(target: &DlqTarget, partition: i32, offset: i64) -> anyhow::Re
         read_range(&consumer, topic, partition, offset, offset + 1)?
             .into_iter()
             .find(|l| l.offset == offset)
-            .with_context(|| format!("{topic}/{partition} has no record at offset {offset} (compacted away?)"))
+            .with_context(|| {
+                format!("{topic}/{partition} has no record at offset {offset} (compacted away?)")
+            })
     })
     .await
     .context("dlq show task failed")??;
@@ -693,7 +703,10 @@ pub async fn show(target: &DlqTarget, partition: i32, offset: i64) -> anyhow::Re
         partition,
         offset,
         timestamp: letter.timestamp.map(format_millis),
-        key: letter.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
+        key: letter
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned()),
         original: letter.original().map(|(topic, partition, offset)| Origin {
             topic,
             partition,
@@ -702,7 +715,12 @@ pub async fn show(target: &DlqTarget, partition: i32, offset: i64) -> anyhow::Re
         headers: letter
             .headers
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_deref().map(|v| String::from_utf8_lossy(v).into_owned())))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()),
+                )
+            })
             .collect(),
         value,
     })
@@ -839,14 +857,20 @@ struct Outgoing {
 /// The copy of `letter` to send, or why there is none. For a dead letter without its value, the
 /// original is read again from its topic, when still retained.
 fn outgoing(consumer: &BaseConsumer, target: &DlqTarget, letter: &DeadLetter) -> Result<Outgoing, String> {
-    let (topic, partition, offset) = letter
-        .original()
-        .ok_or_else(|| "the dead letter does not say where it came from (dlq.original.* headers)".to_string())?;
+    let (topic, partition, offset) = letter.original().ok_or_else(|| {
+        "the dead letter does not say where it came from (dlq.original.* headers)".to_string()
+    })?;
     let from = format!("{}/{}/{}", target.dlq_topic, letter.partition, letter.offset);
     let strip = |headers: &[(String, Option<Vec<u8>>)]| {
-        let mut h: Vec<(String, Option<Vec<u8>>)> =
-            headers.iter().filter(|(k, _)| !k.starts_with("dlq.")).cloned().collect();
-        h.push((headers::REDRIVEN_FROM.to_string(), Some(from.clone().into_bytes())));
+        let mut h: Vec<(String, Option<Vec<u8>>)> = headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with("dlq."))
+            .cloned()
+            .collect();
+        h.push((
+            headers::REDRIVEN_FROM.to_string(),
+            Some(from.clone().into_bytes()),
+        ));
         h
     };
     if letter.header(headers::PAYLOAD_OMITTED).is_none() {
@@ -858,7 +882,9 @@ fn outgoing(consumer: &BaseConsumer, target: &DlqTarget, letter: &DeadLetter) ->
             headers: strip(&letter.headers),
         });
     }
-    let gone = |why: String| format!("the dead letter carries no value and the original {topic}/{partition}/{offset} {why}");
+    let gone = |why: String| {
+        format!("the dead letter carries no value and the original {topic}/{partition}/{offset} {why}")
+    };
     let (low, high) = consumer
         .fetch_watermarks(&topic, partition, TIMEOUT)
         .map_err(|e| gone(format!("cannot be looked up: {e}")))?;
@@ -930,7 +956,9 @@ pub fn redrive(target: &DlqTarget, args: &RedriveArgs) -> anyhow::Result<Redrive
         )
     })?;
     let progress = load_progress(&consumer, target, &parts)?;
-    let (_, letters) = read_dlq(&consumer, target, |p| progress.floor.get(&p).copied().unwrap_or(0))?;
+    let (_, letters) = read_dlq(&consumer, target, |p| {
+        progress.floor.get(&p).copied().unwrap_or(0)
+    })?;
     let mut summary = RedriveSummary {
         topic: target.dlq_topic.clone(),
         dry_run: args.dry_run,
@@ -950,7 +978,7 @@ pub fn redrive(target: &DlqTarget, args: &RedriveArgs) -> anyhow::Result<Redrive
                 .context("creating the Kafka producer")?,
         )
     };
-    let ledger_producer_ready = std::cell::Cell::new(false);
+    let mut ledger_ready = false;
     let mut by_partition: BTreeMap<i32, Vec<&DeadLetter>> = BTreeMap::new();
     for l in &letters {
         by_partition.entry(l.partition).or_default().push(l);
@@ -964,7 +992,9 @@ pub fn redrive(target: &DlqTarget, args: &RedriveArgs) -> anyhow::Result<Redrive
                 offset: letter.offset,
                 class: letter.class().map(str::to_string),
                 key: letter.key_text(),
-                to_topic: to.map(|o| o.topic.clone()).or_else(|| letter.original().map(|o| o.0)),
+                to_topic: to
+                    .map(|o| o.topic.clone())
+                    .or_else(|| letter.original().map(|o| o.0)),
                 to_partition: to.map(|o| o.partition).or_else(|| letter.original().map(|o| o.1)),
                 outcome: outcome.to_string(),
                 to_offset,
@@ -985,7 +1015,10 @@ pub fn redrive(target: &DlqTarget, args: &RedriveArgs) -> anyhow::Result<Redrive
             let out = match outgoing(&consumer, target, letter) {
                 Ok(out) => out,
                 Err(why) => {
-                    eprintln!("cannot redrive {}/{partition}/{}: {why}", target.dlq_topic, letter.offset);
+                    eprintln!(
+                        "cannot redrive {}/{partition}/{}: {why}",
+                        target.dlq_topic, letter.offset
+                    );
                     summary.unavailable += 1;
                     summary.rows.push(row("unavailable", None, None, Some(why)));
                     floor_open = false;
@@ -1013,9 +1046,9 @@ pub fn redrive(target: &DlqTarget, args: &RedriveArgs) -> anyhow::Result<Redrive
             if floor_open {
                 commit_floor(&consumer, target, partition, letter.offset + 1)?;
             } else {
-                if !ledger_producer_ready.get() {
+                if !ledger_ready {
                     ensure_ledger(target)?;
-                    ledger_producer_ready.set(true);
+                    ledger_ready = true;
                 }
                 let key = ledger_key(partition, letter.offset);
                 send(
@@ -1043,7 +1076,12 @@ pub fn redrive(target: &DlqTarget, args: &RedriveArgs) -> anyhow::Result<Redrive
     Ok(summary)
 }
 
-fn commit_floor(consumer: &BaseConsumer, target: &DlqTarget, partition: i32, floor: i64) -> anyhow::Result<()> {
+fn commit_floor(
+    consumer: &BaseConsumer,
+    target: &DlqTarget,
+    partition: i32,
+    floor: i64,
+) -> anyhow::Result<()> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&target.dlq_topic, partition, Offset::Offset(floor))?;
     consumer.commit(&tpl, CommitMode::Sync).with_context(|| {
@@ -1070,10 +1108,16 @@ mod tests {
                 (headers::STAGE.into(), Some(b"sink-dataverse".to_vec())),
                 (headers::ERROR_CLASS.into(), Some(class.as_bytes().to_vec())),
                 (headers::ERROR_MESSAGE.into(), Some(message.as_bytes().to_vec())),
-                (headers::ORIGINAL_TOPIC.into(), Some(b"customers.normalized".to_vec())),
+                (
+                    headers::ORIGINAL_TOPIC.into(),
+                    Some(b"customers.normalized".to_vec()),
+                ),
                 (headers::ORIGINAL_PARTITION.into(), Some(b"2".to_vec())),
                 (headers::ORIGINAL_OFFSET.into(), Some(b"41".to_vec())),
-                (headers::FAILED_AT.into(), Some(failed_at.to_string().into_bytes())),
+                (
+                    headers::FAILED_AT.into(),
+                    Some(failed_at.to_string().into_bytes()),
+                ),
             ],
         }
     }
@@ -1084,12 +1128,21 @@ mod tests {
             letter(0, 3, "validation", "Dataverse refused: cus_1 bad", 1_000),
             letter(0, 7, "validation", "Dataverse refused: cus_2 bad", 3_000),
             letter(1, 2, "validation", "Dataverse refused: cus_3 bad", 2_000),
-            letter(1, 4, "undecodable", "payload with schema id 9 does not decode", 500),
+            letter(
+                1,
+                4,
+                "undecodable",
+                "payload with schema id 9 does not decode",
+                500,
+            ),
         ];
         let groups = group_letters(&letters, |l| l.offset == 3);
         assert_eq!(groups.len(), 2);
         let v = &groups[0];
-        assert_eq!((v.class.as_str(), v.detail.as_str()), ("validation", "Dataverse refused"));
+        assert_eq!(
+            (v.class.as_str(), v.detail.as_str()),
+            ("validation", "Dataverse refused")
+        );
         assert_eq!((v.count, v.redriven), (3, 1));
         assert_eq!(v.first_failed_at.as_deref(), Some("1970-01-01T00:00:01Z"));
         assert_eq!(v.last_failed_at.as_deref(), Some("1970-01-01T00:00:03Z"));
@@ -1099,8 +1152,15 @@ mod tests {
 
     #[test]
     fn the_dataverse_code_groups_sink_rejections() {
-        let mut l = letter(0, 1, "validation", "Dataverse refused the change (400 0x80040265): x", 1);
-        l.headers.push(("dlq.dataverse.code".into(), Some(b"0x80040265".to_vec())));
+        let mut l = letter(
+            0,
+            1,
+            "validation",
+            "Dataverse refused the change (400 0x80040265): x",
+            1,
+        );
+        l.headers
+            .push(("dlq.dataverse.code".into(), Some(b"0x80040265".to_vec())));
         assert_eq!(l.detail(), "0x80040265");
     }
 
@@ -1165,7 +1225,10 @@ mod tests {
         let DlqCommand::Redrive(r) = c.dlq.command else {
             panic!("redrive")
         };
-        assert_eq!((r.reason.as_deref(), r.since, r.dry_run), (Some("validation"), Some(1000), true));
+        assert_eq!(
+            (r.reason.as_deref(), r.since, r.dry_run),
+            (Some("validation"), Some(1000), true)
+        );
         assert!(Cli::try_parse_from(["x", "redrive", "--since", "yesterday"]).is_err());
     }
 }

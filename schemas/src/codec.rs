@@ -229,10 +229,7 @@ impl Codec {
     /// Decodes a wire-format payload with its writer's schema alone, whatever record it holds, as
     /// JSON (Avro's JSON mapping of the generic value): for tools that show records of any topic.
     /// Returns the schema id, the schema's full name and the value.
-    pub async fn decode_json(
-        &self,
-        payload: &[u8],
-    ) -> Result<(u32, String, serde_json::Value), CodecError> {
+    pub async fn decode_json(&self, payload: &[u8]) -> Result<(u32, String, serde_json::Value), CodecError> {
         let (id, mut datum) = split_wire_format(payload)?;
         let writer = self
             .inner

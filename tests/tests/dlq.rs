@@ -7,8 +7,7 @@ use std::{collections::HashMap, time::Duration};
 
 use harness::{
     pipeline::{Pipeline, Stage, customer_event},
-    wait_until,
-    workspace_bin,
+    wait_until, workspace_bin,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
@@ -92,7 +91,12 @@ async fn records_dead_lettered_by_a_dataverse_rejection_land_once_each_after_the
         } else {
             format!("{id}@example.com")
         };
-        let body = customer_event(&format!("evt_{id}"), "customer.created", now - 10 + i as i64, customer(id, &email));
+        let body = customer_event(
+            &format!("evt_{id}"),
+            "customer.created",
+            now - 10 + i as i64,
+            customer(id, &email),
+        );
         assert_eq!(pipeline.send_webhook(&body).await.unwrap().status(), 200);
     }
     let env = &pipeline.env;
@@ -133,11 +137,27 @@ async fn records_dead_lettered_by_a_dataverse_rejection_land_once_each_after_the
         .next()
         .unwrap();
     dlq_text(&pipeline, Stage::Sink, &["list"]).await;
-    dlq_text(&pipeline, Stage::Sink, &["show", &offset.to_string(), "--partition", &partition]).await;
-    let shown = dlq(&pipeline, Stage::Sink, &["show", &offset.to_string(), "--partition", &partition, "--json"]).await;
+    dlq_text(
+        &pipeline,
+        Stage::Sink,
+        &["show", &offset.to_string(), "--partition", &partition],
+    )
+    .await;
+    let shown = dlq(
+        &pipeline,
+        Stage::Sink,
+        &["show", &offset.to_string(), "--partition", &partition, "--json"],
+    )
+    .await;
     assert_eq!(shown["value"]["format"], "avro", "{shown:#}");
-    assert!(shown["value"]["schema"].as_str().unwrap().ends_with("Customer"), "{shown:#}");
-    let shown_id = shown["value"]["value"]["customer_id"].as_str().unwrap().to_string();
+    assert!(
+        shown["value"]["schema"].as_str().unwrap().ends_with("Customer"),
+        "{shown:#}"
+    );
+    let shown_id = shown["value"]["value"]["customer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(blocked.contains(&shown_id.as_str()), "{shown:#}");
     assert_eq!(shown["key"], shown_id.as_str());
     assert_eq!(shown["original"]["topic"], input.as_str());
@@ -167,8 +187,16 @@ async fn records_dead_lettered_by_a_dataverse_rejection_land_once_each_after_the
         assert_eq!(contact["emailaddress1"], format!("{id}@blocked.example"));
     }
     env.wait_caught_up(&pipeline.names.sink_group, &input).await;
-    assert_eq!(writes(&pipeline).await, writes_before + 3, "each redriven record written once");
-    assert_eq!(total(&env.high_watermarks(&dlq_topic).await), 3, "nothing dead-lettered again");
+    assert_eq!(
+        writes(&pipeline).await,
+        writes_before + 3,
+        "each redriven record written once"
+    );
+    assert_eq!(
+        total(&env.high_watermarks(&dlq_topic).await),
+        3,
+        "nothing dead-lettered again"
+    );
 
     // A second redrive sends nothing: the topic's end offsets and the writes stay put.
     let second = dlq(&pipeline, Stage::Sink, &["redrive", "--json"]).await;
@@ -179,7 +207,10 @@ async fn records_dead_lettered_by_a_dataverse_rejection_land_once_each_after_the
     assert_eq!(writes(&pipeline).await, writes_before + 3);
     dlq_text(&pipeline, Stage::Sink, &["list"]).await;
     let listing = dlq(&pipeline, Stage::Sink, &["list", "--json"]).await;
-    assert_eq!((listing["total"].as_i64(), listing["redriven"].as_i64()), (Some(3), Some(3)));
+    assert_eq!(
+        (listing["total"].as_i64(), listing["redriven"].as_i64()),
+        (Some(3), Some(3))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -187,11 +218,19 @@ async fn undecodable_records_are_listed_shown_and_redriven_by_reason_once_each()
     let mut pipeline = Pipeline::start().await.unwrap();
     let events = pipeline.names.events_topic.clone();
     let dlq_topic = format!("{events}.dlq");
-    let producer: FutureProducer =
-        common::kafka::producer(&pipeline.env.kafka_settings(), "dlq-test", Duration::from_secs(10)).unwrap();
+    let producer: FutureProducer = common::kafka::producer(
+        &pipeline.env.kafka_settings(),
+        "dlq-test",
+        Duration::from_secs(10),
+    )
+    .unwrap();
     // Not the wire format; an unknown schema id; not the wire format again. One key, so one
     // partition of the dead-letter topic, in this order.
-    let payloads: [&[u8]; 3] = [b"not avro at all", &[0, 0x7f, 0xff, 0xff, 0xff, 2, 4], b"{\"json\":true}"];
+    let payloads: [&[u8]; 3] = [
+        b"not avro at all",
+        &[0, 0x7f, 0xff, 0xff, 0xff, 2, 4],
+        b"{\"json\":true}",
+    ];
     for payload in payloads {
         producer
             .send(
@@ -222,24 +261,45 @@ async fn undecodable_records_are_listed_shown_and_redriven_by_reason_once_each()
     assert_eq!(by_class["malformed_payload"]["stage"], "enricher");
     // The table says the same.
     let table = dlq_text(&pipeline, Stage::Enricher, &["list"]).await;
-    assert!(table.starts_with(&format!("{dlq_topic}: 3 dead letters, 0 redriven, 3 pending")), "{table}");
+    assert!(
+        table.starts_with(&format!("{dlq_topic}: 3 dead letters, 0 redriven, 3 pending")),
+        "{table}"
+    );
     let row = table.lines().find(|l| l.contains("malformed_payload")).unwrap();
     assert!(row.starts_with("enricher") && row.contains(" 2 "), "{table}");
 
-    let (partition, range) = by_class["malformed_payload"]["offsets"].as_object().unwrap().iter().next().unwrap();
+    let (partition, range) = by_class["malformed_payload"]["offsets"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
     let first = range[0].as_i64().unwrap();
     assert_eq!(range[1].as_i64().unwrap(), first + 2, "{listing:#}");
 
-    let text = dlq_text(&pipeline, Stage::Enricher, &["show", &first.to_string(), "--partition", partition]).await;
+    let text = dlq_text(
+        &pipeline,
+        Stage::Enricher,
+        &["show", &first.to_string(), "--partition", partition],
+    )
+    .await;
     assert!(text.contains("utf8: not avro at all"), "{text}");
-    let shown = dlq(&pipeline, Stage::Enricher, &["show", &first.to_string(), "--partition", partition, "--json"]).await;
+    let shown = dlq(
+        &pipeline,
+        Stage::Enricher,
+        &["show", &first.to_string(), "--partition", partition, "--json"],
+    )
+    .await;
     assert_eq!(shown["key"], "cus_poison");
     assert_eq!(shown["original"]["topic"], events.as_str());
     assert_eq!(shown["original"]["partition"], 0);
     assert_eq!(shown["value"]["format"], "raw", "{shown:#}");
     assert_eq!(shown["value"]["utf8"], "not avro at all");
     assert_eq!(shown["value"]["hex"], hex::encode(b"not avro at all"));
-    assert!(shown["value"]["why"].as_str().unwrap().contains("magic byte"), "{shown:#}");
+    assert!(
+        shown["value"]["why"].as_str().unwrap().contains("magic byte"),
+        "{shown:#}"
+    );
     let headers: HashMap<&str, &str> = shown["headers"]
         .as_array()
         .unwrap()
@@ -256,15 +316,40 @@ async fn undecodable_records_are_listed_shown_and_redriven_by_reason_once_each()
     let base = total(&env.high_watermarks(&events).await);
 
     // A filter redrives the middle record; the one before it stays eligible.
-    let by_reason = dlq(&pipeline, Stage::Enricher, &["redrive", "--reason", "unknown_schema", "--json"]).await;
-    assert_eq!((by_reason["sent"].as_i64(), by_reason["skipped_by_filter"].as_i64()), (Some(1), Some(2)), "{by_reason:#}");
+    let by_reason = dlq(
+        &pipeline,
+        Stage::Enricher,
+        &["redrive", "--reason", "unknown_schema", "--json"],
+    )
+    .await;
+    assert_eq!(
+        (
+            by_reason["sent"].as_i64(),
+            by_reason["skipped_by_filter"].as_i64()
+        ),
+        (Some(1), Some(2)),
+        "{by_reason:#}"
+    );
     assert_eq!(total(&env.high_watermarks(&events).await), base + 1);
-    let again = dlq(&pipeline, Stage::Enricher, &["redrive", "--reason", "unknown_schema", "--json"]).await;
-    assert_eq!((again["sent"].as_i64(), again["already_redriven"].as_i64()), (Some(0), Some(1)), "{again:#}");
+    let again = dlq(
+        &pipeline,
+        Stage::Enricher,
+        &["redrive", "--reason", "unknown_schema", "--json"],
+    )
+    .await;
+    assert_eq!(
+        (again["sent"].as_i64(), again["already_redriven"].as_i64()),
+        (Some(0), Some(1)),
+        "{again:#}"
+    );
 
     // Without a filter: the two others, not the one already sent.
     let rest = dlq(&pipeline, Stage::Enricher, &["redrive", "--json"]).await;
-    assert_eq!((rest["sent"].as_i64(), rest["already_redriven"].as_i64()), (Some(2), Some(1)), "{rest:#}");
+    assert_eq!(
+        (rest["sent"].as_i64(), rest["already_redriven"].as_i64()),
+        (Some(2), Some(1)),
+        "{rest:#}"
+    );
     assert_eq!(total(&env.high_watermarks(&events).await), base + 3);
     let none = dlq(&pipeline, Stage::Enricher, &["redrive", "--json"]).await;
     assert_eq!(none["sent"], 0, "{none:#}");
@@ -286,8 +371,18 @@ async fn undecodable_records_are_listed_shown_and_redriven_by_reason_once_each()
     for c in &copies {
         assert_eq!(c.key.as_deref(), Some("cus_poison"));
         assert_eq!(c.partition, 0);
-        assert!(!c.headers.keys().any(|k| k.starts_with("dlq.") && k != "dlq.redriven.from"), "{:?}", c.headers);
-        assert!(c.header("dlq.redriven.from").unwrap().starts_with(&format!("{dlq_topic}/{partition}/")));
+        assert!(
+            !c.headers
+                .keys()
+                .any(|k| k.starts_with("dlq.") && k != "dlq.redriven.from"),
+            "{:?}",
+            c.headers
+        );
+        assert!(
+            c.header("dlq.redriven.from")
+                .unwrap()
+                .starts_with(&format!("{dlq_topic}/{partition}/"))
+        );
     }
 }
 
@@ -325,18 +420,26 @@ async fn a_dead_letter_without_its_value_is_redriven_from_the_original_or_report
         for (key, value) in [
             (headers::STAGE, "sink-dataverse"),
             (headers::ERROR_CLASS, "too_large"),
-            (headers::ERROR_MESSAGE, "Dataverse refused the change (413): too large"),
+            (
+                headers::ERROR_MESSAGE,
+                "Dataverse refused the change (413): too large",
+            ),
             (headers::ORIGINAL_TOPIC, original.as_str()),
             (headers::ORIGINAL_PARTITION, "0"),
             (headers::ORIGINAL_OFFSET, offset),
             (headers::FAILED_AT, "1796635300137"),
             (headers::PAYLOAD_OMITTED, "Broker: Message size too large"),
         ] {
-            h = h.insert(Header { key, value: Some(value) });
+            h = h.insert(Header {
+                key,
+                value: Some(value),
+            });
         }
         producer
             .send(
-                FutureRecord::<str, [u8]>::to(&dlq_topic).key("cus_big").headers(h),
+                FutureRecord::<str, [u8]>::to(&dlq_topic)
+                    .key("cus_big")
+                    .headers(h),
                 Duration::from_secs(10),
             )
             .await
@@ -352,15 +455,18 @@ async fn a_dead_letter_without_its_value_is_redriven_from_the_original_or_report
         ledger_topic: format!("{dlq_topic}.redriven"),
         topics: common::kafka::TopicSettings::default(),
     };
-    let run = |target: DlqTarget| {
-        tokio::task::spawn_blocking(move || redrive(&target, &RedriveArgs::default()))
-    };
+    let run =
+        |target: DlqTarget| tokio::task::spawn_blocking(move || redrive(&target, &RedriveArgs::default()));
     let first = run(target.clone()).await.unwrap().unwrap();
     assert_eq!((first.sent, first.unavailable), (1, 1), "{first}");
     let missing = first.rows.iter().find(|r| r.outcome == "unavailable").unwrap();
     assert_eq!(missing.offset, 1);
     assert!(
-        missing.note.as_deref().unwrap().contains(&format!("{original}/0/99 is not in the topic")),
+        missing
+            .note
+            .as_deref()
+            .unwrap()
+            .contains(&format!("{original}/0/99 is not in the topic")),
         "{first}"
     );
     let records = env.read_all(&original).await;
@@ -369,7 +475,10 @@ async fn a_dead_letter_without_its_value_is_redriven_from_the_original_or_report
     assert_eq!(copy.payload.as_deref(), Some(&b"the original bytes"[..]));
     assert_eq!(copy.key.as_deref(), Some("cus_big"));
     assert!(copy.header("traceparent").is_some());
-    assert_eq!(copy.header("dlq.redriven.from"), Some(format!("{dlq_topic}/0/0").as_str()));
+    assert_eq!(
+        copy.header("dlq.redriven.from"),
+        Some(format!("{dlq_topic}/0/0").as_str())
+    );
 
     // Again: the one sent is not sent twice; the missing one is reported again.
     let second = run(target).await.unwrap().unwrap();

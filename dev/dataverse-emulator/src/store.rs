@@ -423,9 +423,9 @@ impl Store {
                 continue;
             };
             if text.to_lowercase().contains(&rule.contains.to_lowercase()) {
-                return Err(ApiError::PluginRejected(rule.message.clone().unwrap_or_else(|| {
-                    format!("The value of '{}' is not accepted.", rule.column)
-                })));
+                return Err(ApiError::PluginRejected(rule.message.clone().unwrap_or_else(
+                    || format!("The value of '{}' is not accepted.", rule.column),
+                )));
             }
         }
         Ok(())
@@ -913,8 +913,12 @@ mod tests {
             );
         }
         // Other values pass; so does the refused one once the rule is gone.
-        s.create("contacts", body(json!({"emailaddress1": "grace@example.com"})), &mut undo)
-            .expect("accepted");
+        s.create(
+            "contacts",
+            body(json!({"emailaddress1": "grace@example.com"})),
+            &mut undo,
+        )
+        .expect("accepted");
         s.set_rejections(Vec::new());
         s.upsert(
             "contacts",
