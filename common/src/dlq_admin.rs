@@ -147,6 +147,8 @@ impl DlqTarget {
 
 /// Runs a `dlq` command for a stage.
 pub async fn run<S: ConsumingStage>(settings: &S, args: DlqArgs) -> anyhow::Result<()> {
+    // Logs go to stderr, so stdout stays the command's answer (and parseable with --json).
+    let _telemetry = crate::telemetry::init(S::NAME, settings.telemetry())?;
     let target = DlqTarget::of(settings);
     match args.command {
         DlqCommand::List { json } => {
