@@ -28,6 +28,9 @@ pub mod headers {
     /// Set when the dead-letter topic refused the original bytes (too large): the record carries
     /// no value and says why; the original stays in its topic at the offset named above.
     pub const PAYLOAD_OMITTED: &str = "dlq.payload.omitted";
+    /// On a record sent back by `dlq redrive`: `<dlq topic>/<partition>/<offset>` of the dead
+    /// letter it came from. A `dlq.` header, so it is replaced, not repeated, on a later redrive.
+    pub const REDRIVEN_FROM: &str = "dlq.redriven.from";
 }
 
 /// Why a record was dead-lettered.

@@ -7,6 +7,8 @@
 //! * [`dlq`] — dead-letter writes with the reason and origin in headers.
 //! * [`producer`] — the one producer every stage writes through: classifies failures (transient,
 //!   permanent, broken client) and replaces a broken client.
+//! * [`dlq_admin`] — the `dlq list | show | redrive` commands: dead letters grouped by reason, one
+//!   shown in full, and sent back to where they came from exactly once per dead letter.
 //! * [`health`] — what keeps a stage from making progress, for `/readyz`.
 //! * [`lag`] — consumer lag of the partitions a loop owns, on a client of its own.
 //! * [`kafka`] — client builders with the pipeline's delivery guarantees baked in (idempotent
@@ -19,11 +21,12 @@
 //! * [`retry`] — capped, jittered backoff and the one retry-until-cancelled loop.
 //! * [`shutdown`] — SIGINT/SIGTERM as a cancellation token.
 //! * [`stage`] — what every consuming stage shares above the loop: the command line (`run`,
-//!   `print-config`, `replay`) and the runner that wires ops, producer, topics, loop and lag.
+//!   `print-config`, `replay`, `dlq`) and the runner that wires ops, producer, topics, loop and lag.
 
 pub mod config;
 pub mod consume;
 pub mod dlq;
+pub mod dlq_admin;
 pub mod health;
 pub mod kafka;
 pub mod lag;

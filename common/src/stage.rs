@@ -41,6 +41,15 @@ pub trait ConsumingStage: Settings + Send + 'static {
     fn telemetry(&self) -> &TelemetrySettings;
     fn group(&self) -> &str;
     fn input_topic(&self) -> &str;
+    /// Where the stage dead-letters its input (`dlq` commands read it): `<input_topic>.dlq`
+    /// unless the stage is configured otherwise.
+    fn dlq_topic(&self) -> String {
+        schemas::topics::dlq_for(self.input_topic())
+    }
+    /// The schema registry the stage reads with, so `dlq show` can decode dead letters.
+    fn registry(&self) -> Option<&crate::config::RegistrySettings> {
+        None
+    }
     /// Kafka static membership (`group.instance.id`), if configured.
     fn instance_id(&self) -> Option<&str>;
     fn consumer(&self) -> &ConsumerSettings;
@@ -418,6 +427,8 @@ enum StageCommand {
     /// Reset the group's committed offsets for a topic (default: the input topic), so records
     /// are delivered again (or skipped). Stop every member of the group first.
     Replay(ReplayArgs),
+    /// Inspect the stage's dead letters and send them back to the topic they came from.
+    Dlq(crate::dlq_admin::DlqArgs),
 }
 
 /// Parses the command line and runs the chosen command; `run` is the stage's library entry point.
@@ -473,6 +484,7 @@ where
             .context("replay")?;
             Ok(())
         }
+        StageCommand::Dlq(args) => crate::dlq_admin::run(&settings, args).await,
         StageCommand::Run => {
             let telemetry = crate::telemetry::init(S::NAME, settings.telemetry())?;
             let addr = settings.listen();

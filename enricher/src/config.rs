@@ -173,6 +173,15 @@ impl common::stage::ConsumingStage for EnricherConfig {
         &self.input_topic
     }
 
+    fn dlq_topic(&self) -> String {
+        // The inherent method: the configured topic, else `<input_topic>.dlq`.
+        EnricherConfig::dlq_topic(self)
+    }
+
+    fn registry(&self) -> Option<&RegistrySettings> {
+        Some(&self.registry)
+    }
+
     fn instance_id(&self) -> Option<&str> {
         self.instance_id.as_deref()
     }

@@ -226,6 +226,39 @@ impl Codec {
         from_value::<T>(&value).map_err(|e| undecodable(e.to_string()))
     }
 
+    /// Decodes a wire-format payload with its writer's schema alone, whatever record it holds, as
+    /// JSON (Avro's JSON mapping of the generic value): for tools that show records of any topic.
+    /// Returns the schema id, the schema's full name and the value.
+    pub async fn decode_json(&self, payload: &[u8]) -> Result<(u32, String, serde_json::Value), CodecError> {
+        let (id, mut datum) = split_wire_format(payload)?;
+        let writer = self
+            .inner
+            .decoder
+            .get_schema(id)
+            .await
+            .map_err(|e| self.decoder_error(id, e))?;
+        let undecodable = |reason: String| CodecError::Undecodable { id, reason };
+        let reader = GenericDatumReader::builder(&writer.parsed)
+            .build()
+            .map_err(|e| undecodable(e.to_string()))?;
+        let value = reader
+            .read_value(&mut datum)
+            .map_err(|e| undecodable(e.to_string()))?;
+        if !datum.is_empty() {
+            return Err(undecodable(format!(
+                "{} trailing bytes after the datum",
+                datum.len()
+            )));
+        }
+        let name = writer
+            .parsed
+            .name()
+            .map(|n| n.fullname(None))
+            .unwrap_or_else(|| "value".into());
+        let json = serde_json::Value::try_from(value).map_err(|e| undecodable(e.to_string()))?;
+        Ok((id, name, json))
+    }
+
     /// Checks that the registry answers; for readiness probes.
     pub async fn check_registry(&self) -> Result<(), CodecError> {
         get_all_subjects(&self.inner.settings)

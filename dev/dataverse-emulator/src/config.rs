@@ -532,6 +532,30 @@ pub struct FaultConfig {
     /// Throttles every client for this long (from when the faults are set), answering 429 with the
     /// given kind's error code and a `Retry-After` of the time left.
     pub force_throttle: Option<ForceThrottle>,
+    /// Writes refused the way a synchronous plug-in refuses them (400 `0x80040265`): a create or
+    /// upsert (alone, in a `$batch` or a bulk message) setting `column` to text containing
+    /// `contains` fails, and keeps failing until the rule is removed, like a business rule the
+    /// data breaks until an administrator changes it.
+    pub reject_values: Vec<RejectValue>,
+}
+
+/// A business rule that refuses certain column values (see [`FaultConfig::reject_values`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectValue {
+    /// Entity set the rule applies to; every table when unset.
+    #[serde(default)]
+    pub entity_set: Option<String>,
+    /// Column whose value is checked.
+    pub column: String,
+    /// Text the value must contain to be refused (case-insensitive; empty refuses every text
+    /// value of the column).
+    #[serde(default)]
+    pub contains: String,
+    /// The message of the refusal, as a plug-in's `InvalidPluginExecutionException` gives it.
+    /// Default: "The value of '<column>' is not accepted.".
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 impl Default for FaultConfig {
@@ -545,6 +569,7 @@ impl Default for FaultConfig {
             fail_next: 0,
             drop_next: 0,
             force_throttle: None,
+            reject_values: Vec::new(),
         }
     }
 }
@@ -567,6 +592,11 @@ impl FaultConfig {
         for status in &self.error_statuses {
             if !(400..=599).contains(status) {
                 anyhow::bail!("{at}.error_statuses: {status} is not an error status");
+            }
+        }
+        for (i, rule) in self.reject_values.iter().enumerate() {
+            if rule.column.trim().is_empty() {
+                anyhow::bail!("{at}.reject_values[{i}].column must name a column");
             }
         }
         Ok(())

@@ -84,6 +84,10 @@ pub enum ApiError {
         status: StatusCode,
         message: &'static str,
     },
+    /// A write refused by a business rule (a synchronous plug-in's
+    /// `InvalidPluginExecutionException`), from the `reject_values` fault.
+    #[error("{0}")]
+    PluginRejected(String),
     /// A method the resource does not support.
     #[error("The HTTP method '{0}' is not supported on this resource.")]
     MethodNotAllowed(String),
@@ -129,6 +133,8 @@ impl ApiError {
             Unauthorized(_) => (StatusCode::UNAUTHORIZED, "0x8005f101"),
             Throttled { kind, .. } => (StatusCode::TOO_MANY_REQUESTS, kind.code()),
             InjectedFault { status, .. } => (*status, "0x80040216"),
+            // ISV code aborted the operation: what a plug-in's exception becomes (400 by default).
+            PluginRejected(_) => (StatusCode::BAD_REQUEST, "0x80040265"),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "0x80060888"),
             NotSupported(_) => (StatusCode::NOT_IMPLEMENTED, "0x80040203"),
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "0x80040203"),

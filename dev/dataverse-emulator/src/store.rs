@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::{ColumnConfig, ColumnType, Config, SYSTEM_COLUMNS, TableConfig};
+use crate::config::{ColumnConfig, ColumnType, Config, RejectValue, SYSTEM_COLUMNS, TableConfig};
 use crate::error::ApiError;
 use crate::values::{Guid, iso_now};
 
@@ -373,6 +373,9 @@ pub struct Store {
     tables: BTreeMap<String, Table>,
     /// Last row version handed out; shared by all tables, like SQL Server's rowversion.
     version: u64,
+    /// Business rules refusing values (the `reject_values` fault), checked on every create and
+    /// upsert.
+    rejections: Vec<RejectValue>,
 }
 
 /// A persisted copy of the rows.
@@ -401,7 +404,31 @@ impl Store {
         Self {
             tables,
             version: 1000,
+            rejections: config.faults.reject_values.clone(),
         }
+    }
+
+    /// Replaces the business rules that refuse values.
+    pub fn set_rejections(&mut self, rules: Vec<RejectValue>) {
+        self.rejections = rules;
+    }
+
+    /// The refusal of the first rule `body` breaks on `set`, if any.
+    fn check_rejections(&self, set: &str, body: &Map<String, Value>) -> Result<(), ApiError> {
+        for rule in &self.rejections {
+            if rule.entity_set.as_deref().is_some_and(|s| s != set) {
+                continue;
+            }
+            let Some(Value::String(text)) = body.get(&rule.column) else {
+                continue;
+            };
+            if text.to_lowercase().contains(&rule.contains.to_lowercase()) {
+                return Err(ApiError::PluginRejected(rule.message.clone().unwrap_or_else(
+                    || format!("The value of '{}' is not accepted.", rule.column),
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The table behind an entity set name.
@@ -431,6 +458,7 @@ impl Store {
         body: Map<String, Value>,
         undo: &mut Vec<Undo>,
     ) -> Result<Guid, ApiError> {
+        self.check_rejections(set, &body)?;
         let (table, version) = self.parts_mut(set)?;
         let id = match body.get(&table.config.primary_key) {
             None | Some(Value::Null) => Guid::new_random(),
@@ -466,6 +494,7 @@ impl Store {
         conditions: &Conditions,
         undo: &mut Vec<Undo>,
     ) -> Result<(Guid, WriteOutcome), ApiError> {
+        self.check_rejections(set, &body)?;
         let (table, version) = self.parts_mut(set)?;
         let existing = table.find(target).cloned();
         check_conditions(table, target, existing.as_ref(), conditions)?;
@@ -850,6 +879,56 @@ mod tests {
             );
         }
         assert_eq!(s.table("contacts").expect("table").len(), 0);
+    }
+
+    #[test]
+    fn a_value_rule_refuses_matching_writes_until_it_is_removed() {
+        let mut s = store();
+        let mut undo = Vec::new();
+        s.set_rejections(vec![RejectValue {
+            entity_set: Some("contacts".into()),
+            column: "emailaddress1".into(),
+            contains: "@blocked.example".into(),
+            message: Some("Email domain blocked.example is not allowed.".into()),
+        }]);
+        let blocked = json!({"emailaddress1": "ada@BLOCKED.example"});
+        for attempt in [
+            s.create("contacts", body(blocked.clone()), &mut undo).map(|_| ()),
+            s.upsert(
+                "contacts",
+                &key("cus_1"),
+                body(blocked.clone()),
+                &Conditions::default(),
+                &mut undo,
+            )
+            .map(|_| ()),
+        ] {
+            let response = attempt.expect_err("refused").render();
+            assert_eq!(response.status, http::StatusCode::BAD_REQUEST);
+            let value: Value = serde_json::from_slice(&response.body).expect("json");
+            assert_eq!(value["error"]["code"], "0x80040265");
+            assert_eq!(
+                value["error"]["message"],
+                "Email domain blocked.example is not allowed."
+            );
+        }
+        // Other values pass; so does the refused one once the rule is gone.
+        s.create(
+            "contacts",
+            body(json!({"emailaddress1": "grace@example.com"})),
+            &mut undo,
+        )
+        .expect("accepted");
+        s.set_rejections(Vec::new());
+        s.upsert(
+            "contacts",
+            &key("cus_1"),
+            body(blocked),
+            &Conditions::default(),
+            &mut undo,
+        )
+        .expect("accepted after the rule is removed");
+        assert_eq!(s.table("contacts").expect("table").len(), 2);
     }
 
     #[test]

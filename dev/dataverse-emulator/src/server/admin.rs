@@ -112,6 +112,7 @@ pub(super) async fn admin_reset(State(state): State<Arc<AppState>>, request: Req
         }
         if reset.faults {
             lock(&state.faults).set(state.config.faults.clone(), Instant::now());
+            lock(&state.store).set_rejections(state.config.faults.reject_values.clone());
         }
         if reset.tokens {
             lock(&state.tokens).clear();
@@ -143,6 +144,7 @@ pub(super) async fn admin_set_faults(State(state): State<Arc<AppState>>, request
             .validate("faults")
             .map_err(|e| ApiError::Admin(e.to_string()))?;
         let now = Instant::now();
+        lock(&state.store).set_rejections(faults.reject_values.clone());
         let mut active = lock(&state.faults);
         active.set(faults, now);
         Ok::<_, ApiError>(serde_json::to_value(active.view(now)).unwrap_or(Value::Null))
