@@ -192,11 +192,19 @@ pub fn read_customer(object: &Value, read_at: i64, event_id: &str) -> StripeRead
     }
 }
 
-/// Compares every customer Stripe answered for with the contacts. A contact without a Stripe
-/// answer is not judged (the caller asks Stripe about every contact it did not list).
+/// Compares every customer Stripe answered for with the contacts. A tombstone Stripe did not
+/// list is in sync (a deleted customer is never listed); any other contact without a Stripe
+/// answer is not judged (the caller asks Stripe about every such contact).
 pub fn compare(plan: &Plan<'_>, stripe: &[StripeRead], contacts: &[Contact]) -> Comparison {
+    let read: std::collections::BTreeSet<&str> = stripe.iter().map(|r| r.customer_id.as_str()).collect();
+    let mut out = Comparison {
+        in_sync: contacts
+            .iter()
+            .filter(|c| c.tombstone && !read.contains(c.customer_id.as_str()))
+            .count(),
+        ..Comparison::default()
+    };
     let contacts: BTreeMap<&str, &Contact> = contacts.iter().map(|c| (c.customer_id.as_str(), c)).collect();
-    let mut out = Comparison::default();
     for read in stripe {
         let contact = contacts.get(read.customer_id.as_str()).copied();
         let finding = |drift: Drift, correction: Option<Customer>| Finding {
@@ -530,6 +538,9 @@ mod tests {
             ]
         );
         assert_eq!(result.in_sync, 2, "tombstones of deleted and unknown customers are in sync");
+        let unlisted = compare(&plan(&columns), &[], &contacts[2..]);
+        assert_eq!(unlisted.in_sync, 3, "tombstones Stripe does not list are in sync");
+        assert_eq!(unlisted.findings, vec![]);
 
         let StripeState::Live(new) = &missing.state else {
             unreachable!()
