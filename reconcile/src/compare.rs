@@ -226,7 +226,8 @@ pub fn compare(plan: &Plan<'_>, stripe: &[StripeRead], contacts: &[Contact]) -> 
                 out.unreadable.push((read.customer_id.clone(), reason.clone()));
             }
             (StripeState::Live(customer), None) => {
-                out.findings.push(finding(Drift::Missing, Some((**customer).clone())));
+                out.findings
+                    .push(finding(Drift::Missing, Some((**customer).clone())));
             }
             (StripeState::Live(_), Some(c)) if c.tombstone => {
                 out.findings.push(finding(Drift::DeletedInDataverse, None));
@@ -238,13 +239,15 @@ pub fn compare(plan: &Plan<'_>, stripe: &[StripeRead], contacts: &[Contact]) -> 
                 } else if c.stamp.is_some_and(|s| s >= read.read_at) {
                     out.changed_since_read.push(read.customer_id.clone());
                 } else {
-                    out.findings.push(finding(Drift::Different { fields }, Some((**customer).clone())));
+                    out.findings
+                        .push(finding(Drift::Different { fields }, Some((**customer).clone())));
                 }
             }
             (StripeState::Deleted | StripeState::Unknown, None) => {}
             (StripeState::Deleted | StripeState::Unknown, Some(c)) if c.tombstone => out.in_sync += 1,
             (StripeState::Deleted, Some(_)) => {
-                out.findings.push(finding(Drift::DeletedInStripe, Some(deletion())));
+                out.findings
+                    .push(finding(Drift::DeletedInStripe, Some(deletion())));
             }
             (StripeState::Unknown, Some(_)) => {
                 let correction = plan.repair_unknown.then(deletion);
@@ -252,9 +255,8 @@ pub fn compare(plan: &Plan<'_>, stripe: &[StripeRead], contacts: &[Contact]) -> 
             }
         }
     }
-    out.findings.sort_by(|a, b| {
-        (a.drift.order(), &a.customer_id).cmp(&(b.drift.order(), &b.customer_id))
-    });
+    out.findings
+        .sort_by(|a, b| (a.drift.order(), &a.customer_id).cmp(&(b.drift.order(), &b.customer_id)));
     out
 }
 
@@ -266,7 +268,11 @@ fn differences(plan: &Plan<'_>, customer: &Customer, contact: &Contact) -> Vec<F
         .filter_map(|(column, want)| {
             let have = contact.values.get(&column).cloned().unwrap_or(Value::Null);
             (have != want).then(|| FieldDiff {
-                field: plan.fields.get(&column).cloned().unwrap_or_else(|| column.clone()),
+                field: plan
+                    .fields
+                    .get(&column)
+                    .cloned()
+                    .unwrap_or_else(|| column.clone()),
                 column,
                 dataverse: have,
                 stripe: want,
@@ -360,9 +366,15 @@ mod tests {
         assert_eq!(**customer, enriched, "the same record the enricher produces");
         assert_eq!(customer.email.as_deref(), Some("ada@example.com"));
         assert_eq!(customer.phone.as_deref(), Some("+14155552671"));
-        assert_eq!(customer.address_country_name.as_deref(), Some("United Kingdom of Great Britain and Northern Ireland"));
+        assert_eq!(
+            customer.address_country_name.as_deref(),
+            Some("United Kingdom of Great Britain and Northern Ireland")
+        );
         assert_eq!(customer.source_event_type, CUSTOMER_UPDATED);
-        assert_eq!(customer.source_event_created, READ_AT, "stamped with the read time");
+        assert_eq!(
+            customer.source_event_created, READ_AT,
+            "stamped with the read time"
+        );
         assert_eq!(customer.source_event_id, EVENT);
     }
 
@@ -383,10 +395,12 @@ mod tests {
         let columns = columns();
         let read = stripe(ada());
         let mut contact = contact_for(&columns, &read);
-        contact.values.insert("emailaddress1".into(), json!("old@example.com"));
+        contact
+            .values
+            .insert("emailaddress1".into(), json!("old@example.com"));
         contact.values.insert("address1_city".into(), Value::Null);
         contact.values.remove("telephone1");
-        let result = compare(&plan(&columns), &[read.clone()], &[contact]);
+        let result = compare(&plan(&columns), std::slice::from_ref(&read), &[contact]);
         let [finding] = &result.findings[..] else {
             panic!("{result:?}")
         };
@@ -401,14 +415,23 @@ mod tests {
             got,
             vec![
                 ("address_city", "address1_city", &Value::Null, &json!("London")),
-                ("email", "emailaddress1", &json!("old@example.com"), &json!("ada@example.com")),
+                (
+                    "email",
+                    "emailaddress1",
+                    &json!("old@example.com"),
+                    &json!("ada@example.com")
+                ),
                 ("phone", "telephone1", &Value::Null, &json!("+14155552671")),
             ]
         );
         let StripeState::Live(customer) = &read.state else {
             unreachable!()
         };
-        assert_eq!(finding.correction.as_ref(), Some(&**customer), "the repair is the normalised state");
+        assert_eq!(
+            finding.correction.as_ref(),
+            Some(&**customer),
+            "the repair is the normalised state"
+        );
     }
 
     #[test]
@@ -453,12 +476,17 @@ mod tests {
             }))
             .unwrap(),
         };
-        let result = compare(&plan(&columns), &[read.clone()], &[contact.clone()]);
+        let result = compare(
+            &plan(&columns),
+            std::slice::from_ref(&read),
+            std::slice::from_ref(&contact),
+        );
         assert_eq!(result.findings, vec![], "{result:?}");
 
         // The raw, un-normalised value in Dataverse is drift (the sink would write another).
         let mut raw = contact;
-        raw.values.insert("emailaddress1".into(), json!("  NOT-AN-EMAIL "));
+        raw.values
+            .insert("emailaddress1".into(), json!("  NOT-AN-EMAIL "));
         let result = compare(&plan(&columns), &[read], &[raw]);
         assert!(
             matches!(&result.findings[..], [Finding { drift: Drift::Different { fields }, .. }] if fields.len() == 1 && fields[0].column == "emailaddress1"),
@@ -480,13 +508,24 @@ mod tests {
         let mut contact = contact_for(&columns, &read);
         assert_eq!(contact.values["new_tier"], "gold");
         contact.values.insert("new_tier".into(), json!("silver"));
-        contact.values.insert("description".into(), json!("not mapped, not compared"));
+        contact
+            .values
+            .insert("description".into(), json!("not mapped, not compared"));
         let result = compare(&plan, &[read], &[contact]);
-        let [Finding { drift: Drift::Different { fields }, .. }] = &result.findings[..] else {
+        let [
+            Finding {
+                drift: Drift::Different { fields },
+                ..
+            },
+        ] = &result.findings[..]
+        else {
             panic!("{result:?}")
         };
         assert_eq!(fields.len(), 1, "{fields:?}");
-        assert_eq!((fields[0].field.as_str(), fields[0].column.as_str()), ("metadata.tier", "new_tier"));
+        assert_eq!(
+            (fields[0].field.as_str(), fields[0].column.as_str()),
+            ("metadata.tier", "new_tier")
+        );
     }
 
     #[test]
@@ -537,7 +576,10 @@ mod tests {
                 ("deleted_in_dataverse", "cus_tomb"),
             ]
         );
-        assert_eq!(result.in_sync, 2, "tombstones of deleted and unknown customers are in sync");
+        assert_eq!(
+            result.in_sync, 2,
+            "tombstones of deleted and unknown customers are in sync"
+        );
         let unlisted = compare(&plan(&columns), &[], &contacts[2..]);
         assert_eq!(unlisted.in_sync, 3, "tombstones Stripe does not list are in sync");
         assert_eq!(unlisted.findings, vec![]);
@@ -561,7 +603,11 @@ mod tests {
             ..plan(&columns)
         };
         let result = compare(&keep_unknown, &reads, &contacts);
-        let unknown = result.findings.iter().find(|f| f.drift == Drift::UnknownToStripe).unwrap();
+        let unknown = result
+            .findings
+            .iter()
+            .find(|f| f.drift == Drift::UnknownToStripe)
+            .unwrap();
         assert_eq!(unknown.correction, None, "still reported, not repaired");
     }
 
@@ -570,9 +616,15 @@ mod tests {
         let columns = columns();
         let read = stripe(ada());
         let mut contact = contact_for(&columns, &read);
-        contact.values.insert("emailaddress1".into(), json!("newer@example.com"));
+        contact
+            .values
+            .insert("emailaddress1".into(), json!("newer@example.com"));
         contact.stamp = Some(READ_AT);
-        let result = compare(&plan(&columns), &[read.clone()], &[contact.clone()]);
+        let result = compare(
+            &plan(&columns),
+            std::slice::from_ref(&read),
+            std::slice::from_ref(&contact),
+        );
         assert_eq!(result.findings, vec![]);
         assert_eq!(result.changed_since_read, vec!["cus_ada".to_string()]);
 

@@ -138,12 +138,18 @@ impl Settings for ReconcileConfig {
         if !(1..=MAX_STRIPE_PAGE).contains(&s.page_size) {
             return Err(ConfigError::invalid(
                 "stripe.page_size",
-                format!("{} is outside 1–{MAX_STRIPE_PAGE} (Stripe's list limit)", s.page_size),
+                format!(
+                    "{} is outside 1–{MAX_STRIPE_PAGE} (Stripe's list limit)",
+                    s.page_size
+                ),
             ));
         }
         for (setting, rate) in [
             ("stripe.requests_per_second", s.requests_per_second),
-            ("dataverse_requests_per_second", self.dataverse_requests_per_second),
+            (
+                "dataverse_requests_per_second",
+                self.dataverse_requests_per_second,
+            ),
         ] {
             if !(rate.is_finite() && rate > 0.0) {
                 return Err(ConfigError::invalid(setting, "must be a number above 0"));
@@ -220,13 +226,19 @@ mod tests {
     use common::config::ConfigArgs;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn valid() -> Vec<(String, String)> {
         env(&[
             ("STRIPE_API_KEY", "sk_test_123456789012345678901234"),
-            ("RECONCILE_DATAVERSE__ENVIRONMENT_URL", "https://org.crm.dynamics.com"),
+            (
+                "RECONCILE_DATAVERSE__ENVIRONMENT_URL",
+                "https://org.crm.dynamics.com",
+            ),
             ("RECONCILE_DATAVERSE__TENANT_ID", "contoso.onmicrosoft.com"),
             ("RECONCILE_DATAVERSE__CLIENT_ID", "app"),
             ("RECONCILE_DATAVERSE__CLIENT_SECRET", "dv-secret-value"),
@@ -241,12 +253,19 @@ mod tests {
         assert_eq!(config.stripe.api_key.expose(), "sk_test_123456789012345678901234");
         assert_eq!(config.dataverse_page_size, 500);
         assert!(!config.livemode());
-        assert_eq!(config.dataverse.alternate_key, "new_stripecustomerid", "the sink's default");
+        assert_eq!(
+            config.dataverse.alternate_key, "new_stripecustomerid",
+            "the sink's default"
+        );
 
         let mut both = valid();
         both.push(("RECONCILE_STRIPE__API_KEY".into(), "rk_live_other".into()));
         let config = load(&ConfigArgs::default(), both).unwrap();
-        assert_eq!(config.stripe.api_key.expose(), "rk_live_other", "the prefixed variable wins");
+        assert_eq!(
+            config.stripe.api_key.expose(),
+            "rk_live_other",
+            "the prefixed variable wins"
+        );
         assert!(config.livemode());
     }
 
@@ -269,16 +288,34 @@ mod tests {
             assert!(error.contains(setting), "{setting}: {error}");
         };
         check(&[("RECONCILE_STRIPE__PAGE_SIZE", "101")], "stripe.page_size");
-        check(&[("RECONCILE_STRIPE__BASE_URL", "api.stripe.com")], "stripe.base_url");
-        check(&[("RECONCILE_STRIPE__REQUESTS_PER_SECOND", "0")], "stripe.requests_per_second");
-        check(&[("RECONCILE_DATAVERSE_PAGE_SIZE", "9000")], "dataverse_page_size");
+        check(
+            &[("RECONCILE_STRIPE__BASE_URL", "api.stripe.com")],
+            "stripe.base_url",
+        );
+        check(
+            &[("RECONCILE_STRIPE__REQUESTS_PER_SECOND", "0")],
+            "stripe.requests_per_second",
+        );
+        check(
+            &[("RECONCILE_DATAVERSE_PAGE_SIZE", "9000")],
+            "dataverse_page_size",
+        );
         check(&[("RECONCILE_MAX_ATTEMPTS", "0")], "max_attempts");
         check(&[("RECONCILE_MAPPING__EMAIL", "not a column")], "mapping.email");
-        check(&[("RECONCILE_DATAVERSE__ENVIRONMENT_URL", "")], "dataverse.environment_url");
+        check(
+            &[("RECONCILE_DATAVERSE__ENVIRONMENT_URL", "")],
+            "dataverse.environment_url",
+        );
         check(&[("RECONCILE_NO_SUCH_SETTING", "1")], "no_such_setting");
 
-        let no_key: Vec<_> = valid().into_iter().filter(|(k, _)| k != "STRIPE_API_KEY").collect();
+        let no_key: Vec<_> = valid()
+            .into_iter()
+            .filter(|(k, _)| k != "STRIPE_API_KEY")
+            .collect();
         let error = load(&ConfigArgs::default(), no_key).unwrap_err().to_string();
-        assert!(error.contains("stripe.api_key") && error.contains("STRIPE_API_KEY"), "{error}");
+        assert!(
+            error.contains("stripe.api_key") && error.contains("STRIPE_API_KEY"),
+            "{error}"
+        );
     }
 }

@@ -164,7 +164,10 @@ impl ContactLister {
             attempt += 1;
             self.pacer.wait().await;
             let permit = self.transport.limiter().acquire().await;
-            let answer = self.transport.single(&op, &permit, &tracing::Span::current()).await;
+            let answer = self
+                .transport
+                .single(&op, &permit, &tracing::Span::current())
+                .await;
             drop(permit);
             let error = match answer {
                 Ok(answer) if answer.status == 200 => {

@@ -69,7 +69,10 @@ pub async fn reconcile<S: CustomerSource>(
         .map(|c| c.customer_id.as_str())
         .collect();
     if !to_check.is_empty() {
-        tracing::info!(contacts = to_check.len(), "asking Stripe about contacts it did not list");
+        tracing::info!(
+            contacts = to_check.len(),
+            "asking Stripe about contacts it did not list"
+        );
     }
     for id in to_check {
         let answer = stripe

@@ -51,7 +51,11 @@ mod tests {
         for _ in 0..5 {
             pacer.wait().await;
         }
-        assert_eq!(begun.elapsed(), Duration::from_millis(1000), "5 starts at 4/s span 1 s");
+        assert_eq!(
+            begun.elapsed(),
+            Duration::from_millis(1000),
+            "5 starts at 4/s span 1 s"
+        );
 
         let unpaced = Pacer::new(0.0);
         let begun = Instant::now();

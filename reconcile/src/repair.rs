@@ -49,7 +49,9 @@ pub struct Repairer {
 
 impl std::fmt::Debug for Repairer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Repairer").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("Repairer")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -88,16 +90,20 @@ impl Repairer {
         };
         repairer
             .retry("preparing the schema", |r| async move {
-                r.codec.prepare::<Customer>(&r.topic).await.map(|_| ()).map_err(|e| {
-                    let transient = e.is_transient();
-                    (
-                        transient,
-                        RepairError::Schema {
-                            topic: r.topic.clone(),
-                            error: e,
-                        },
-                    )
-                })
+                r.codec
+                    .prepare::<Customer>(&r.topic)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        let transient = e.is_transient();
+                        (
+                            transient,
+                            RepairError::Schema {
+                                topic: r.topic.clone(),
+                                error: e,
+                            },
+                        )
+                    })
             })
             .await?;
         Ok(repairer)

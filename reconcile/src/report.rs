@@ -46,7 +46,11 @@ pub struct Summary {
 
 impl Summary {
     pub fn total(&self) -> usize {
-        self.missing + self.different + self.deleted_in_stripe + self.unknown_to_stripe + self.deleted_in_dataverse
+        self.missing
+            + self.different
+            + self.deleted_in_stripe
+            + self.unknown_to_stripe
+            + self.deleted_in_dataverse
     }
 }
 
@@ -155,12 +159,17 @@ impl Report {
             ];
             match &entry.drift {
                 Drift::Different { fields } => {
-                    for (i, FieldDiff { column, dataverse, stripe, .. }) in fields.iter().enumerate() {
-                        let mut row = if i == 0 {
-                            first.clone()
-                        } else {
-                            Default::default()
-                        };
+                    for (
+                        i,
+                        FieldDiff {
+                            column,
+                            dataverse,
+                            stripe,
+                            ..
+                        },
+                    ) in fields.iter().enumerate()
+                    {
+                        let mut row = if i == 0 { first.clone() } else { Default::default() };
                         row[2] = column.clone();
                         row[3] = cell(dataverse);
                         row[4] = cell(stripe);
@@ -172,8 +181,15 @@ impl Report {
         }
         let mut out = String::new();
         if !rows.is_empty() {
-            let header = ["DRIFT", "CUSTOMER", "COLUMN", "DATAVERSE", "STRIPE (NORMALISED)", "REPAIR"]
-                .map(String::from);
+            let header = [
+                "DRIFT",
+                "CUSTOMER",
+                "COLUMN",
+                "DATAVERSE",
+                "STRIPE (NORMALISED)",
+                "REPAIR",
+            ]
+            .map(String::from);
             let mut widths = [0usize; 6];
             for row in std::iter::once(&header).chain(&rows) {
                 for (w, c) in widths.iter_mut().zip(row) {
@@ -216,7 +232,11 @@ impl Report {
             );
         }
         for u in &self.unreadable {
-            let _ = writeln!(out, "unreadable in Stripe (not repaired): {}: {}", u.customer_id, u.reason);
+            let _ = writeln!(
+                out,
+                "unreadable in Stripe (not repaired): {}: {}",
+                u.customer_id, u.reason
+            );
         }
         match &self.repair {
             Some(r) => {
@@ -288,7 +308,13 @@ mod tests {
                 Finding {
                     customer_id: "cus_gone".into(),
                     drift: Drift::DeletedInStripe,
-                    correction: Some(schemas::Customer::deletion("cus_gone", "reconcile_1", "customer.deleted", 5, false)),
+                    correction: Some(schemas::Customer::deletion(
+                        "cus_gone",
+                        "reconcile_1",
+                        "customer.deleted",
+                        5,
+                        false,
+                    )),
                 },
                 Finding {
                     customer_id: "cus_tomb".into(),
@@ -307,19 +333,47 @@ mod tests {
         let report = Report::new("reconcile_1".into(), 5, 10, 9, &comparison());
         let table = report.to_table();
         let lines: Vec<&str> = table.lines().collect();
-        assert!(lines[0].starts_with("DRIFT") && lines[0].ends_with("REPAIR"), "{table}");
-        assert!(lines[1].starts_with("missing in Dataverse") && lines[1].contains("cus_new") && lines[1].ends_with("upsert"), "{table}");
+        assert!(
+            lines[0].starts_with("DRIFT") && lines[0].ends_with("REPAIR"),
+            "{table}"
+        );
+        assert!(
+            lines[1].starts_with("missing in Dataverse")
+                && lines[1].contains("cus_new")
+                && lines[1].ends_with("upsert"),
+            "{table}"
+        );
         let words = |line: &str| line.split_whitespace().map(String::from).collect::<Vec<_>>();
         assert_eq!(
             words(lines[2]),
-            ["different", "cus_moved", "emailaddress1", "old@example.com", "new@example.com", "upsert"]
+            [
+                "different",
+                "cus_moved",
+                "emailaddress1",
+                "old@example.com",
+                "new@example.com",
+                "upsert"
+            ]
         );
-        assert_eq!(words(lines[3]), ["address1_city", "-", "Oslo"], "a further column of the same customer");
-        assert!(lines[4].starts_with("deleted in Stripe") && lines[4].ends_with("delete"), "{table}");
-        assert!(lines[5].starts_with("deleted in Dataverse") && lines[5].ends_with("none"), "{table}");
+        assert_eq!(
+            words(lines[3]),
+            ["address1_city", "-", "Oslo"],
+            "a further column of the same customer"
+        );
+        assert!(
+            lines[4].starts_with("deleted in Stripe") && lines[4].ends_with("delete"),
+            "{table}"
+        );
+        assert!(
+            lines[5].starts_with("deleted in Dataverse") && lines[5].ends_with("none"),
+            "{table}"
+        );
         assert!(table.contains("10 Stripe customers, 9 Dataverse contacts: 7 in sync, 4 drifted (1 missing in Dataverse, 1 different, 1 deleted in Stripe, 0 unknown to Stripe, 1 deleted in Dataverse)"), "{table}");
         assert!(table.contains("not drift): cus_busy"), "{table}");
-        assert!(table.contains("unreadable in Stripe (not repaired): cus_bad"), "{table}");
+        assert!(
+            table.contains("unreadable in Stripe (not repaired): cus_bad"),
+            "{table}"
+        );
         assert!(table.contains("--repair"), "{table}");
     }
 

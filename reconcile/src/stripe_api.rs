@@ -93,7 +93,11 @@ impl StripeCustomers {
                         let body = serde_json::from_str(&text).with_context(|| {
                             format!("Stripe's answer to GET {path} (HTTP {status}) is not JSON")
                         })?;
-                        return Ok(Answer { status, body, read_at });
+                        return Ok(Answer {
+                            status,
+                            body,
+                            read_at,
+                        });
                     }
                     format!("HTTP {status}: {}", error_message(&text))
                 }

@@ -48,16 +48,26 @@ mod stripe_fake {
             Some(v) if v == expected => Ok(()),
             _ => Err((
                 StatusCode::UNAUTHORIZED,
-                Json(json!({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}})),
+                Json(
+                    json!({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}}),
+                ),
             )),
         }
     }
 
-    async fn list(State(db): State<Shared>, headers: HeaderMap, Query(q): Query<BTreeMap<String, String>>) -> Answer {
+    async fn list(
+        State(db): State<Shared>,
+        headers: HeaderMap,
+        Query(q): Query<BTreeMap<String, String>>,
+    ) -> Answer {
         if let Err(e) = authorised(&headers) {
             return e;
         }
-        let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(10).clamp(1, 100);
+        let limit: usize = q
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(10)
+            .clamp(1, 100);
         let db = db.lock().unwrap();
         let mut live: Vec<(i64, &String, &Value)> = db
             .rows
@@ -66,10 +76,18 @@ mod stripe_fake {
             .collect();
         live.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
         let start = match q.get("starting_after") {
-            Some(after) => live.iter().position(|(_, id, _)| *id == after).map_or(live.len(), |i| i + 1),
+            Some(after) => live
+                .iter()
+                .position(|(_, id, _)| *id == after)
+                .map_or(live.len(), |i| i + 1),
             None => 0,
         };
-        let page: Vec<Value> = live.iter().skip(start).take(limit).map(|(_, _, o)| (*o).clone()).collect();
+        let page: Vec<Value> = live
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|(_, _, o)| (*o).clone())
+            .collect();
         let has_more = start + page.len() < live.len();
         (
             StatusCode::OK,
@@ -83,7 +101,10 @@ mod stripe_fake {
         }
         match db.lock().unwrap().rows.get(&id) {
             Some((_, Some(object))) => (StatusCode::OK, Json(object.clone())),
-            Some((_, None)) => (StatusCode::OK, Json(json!({"id": id, "object": "customer", "deleted": true}))),
+            Some((_, None)) => (
+                StatusCode::OK,
+                Json(json!({"id": id, "object": "customer", "deleted": true})),
+            ),
             None => (
                 StatusCode::NOT_FOUND,
                 Json(json!({"error": {
@@ -183,7 +204,9 @@ async fn edit_contact(pipeline: &Pipeline, customer_id: &str, body: Value) {
         .await
         .unwrap();
     let response = http
-        .patch(format!("{base}/api/data/v9.2/contacts(new_stripecustomerid='{customer_id}')"))
+        .patch(format!(
+            "{base}/api/data/v9.2/contacts(new_stripecustomerid='{customer_id}')"
+        ))
         .bearer_auth(token["access_token"].as_str().unwrap())
         .header("If-Match", "*")
         .json(&body)
@@ -199,7 +222,12 @@ fn kinds(report: &Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["kind"].as_str().unwrap().to_string(), d["customer_id"].as_str().unwrap().to_string()))
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap().to_string(),
+                d["customer_id"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -214,17 +242,35 @@ async fn reconcile_finds_every_planted_drift_and_repair_fixes_it_through_the_sin
         .as_secs() as i64;
 
     // Five customers, created in Stripe and delivered through the pipeline.
-    let ids = ["cus_rec_same", "cus_rec_edited", "cus_rec_changed", "cus_rec_deleted", "cus_rec_unknown"];
+    let ids = [
+        "cus_rec_same",
+        "cus_rec_edited",
+        "cus_rec_changed",
+        "cus_rec_deleted",
+        "cus_rec_unknown",
+    ];
     for (i, id) in ids.iter().enumerate() {
-        let object = customer(id, &format!("  Person   {i} "), &format!(" Person{i}@Example.COM "), now - 600 + i as i64);
-        db.lock().unwrap().rows.insert(id.to_string(), (now - 600 + i as i64, Some(object.clone())));
+        let object = customer(
+            id,
+            &format!("  Person   {i} "),
+            &format!(" Person{i}@Example.COM "),
+            now - 600 + i as i64,
+        );
+        db.lock()
+            .unwrap()
+            .rows
+            .insert(id.to_string(), (now - 600 + i as i64, Some(object.clone())));
         let body = customer_event(&format!("evt_rec_{i}"), "customer.created", now - 120, object);
         assert_eq!(pipeline.send_webhook(&body).await.unwrap().status(), 200);
     }
-    wait_until("every contact written by the sink", Duration::from_secs(90), || async {
-        let contacts = pipeline.contacts().await.ok()?;
-        (contacts.len() == ids.len()).then_some(())
-    })
+    wait_until(
+        "every contact written by the sink",
+        Duration::from_secs(90),
+        || async {
+            let contacts = pipeline.contacts().await.ok()?;
+            (contacts.len() == ids.len()).then_some(())
+        },
+    )
     .await
     .unwrap();
 
@@ -238,7 +284,12 @@ async fn reconcile_finds_every_planted_drift_and_repair_fixes_it_through_the_sin
     assert_eq!(report["dataverse_contacts"], 5);
 
     // Plant one drift of each kind, none of which the pipeline hears about.
-    edit_contact(&pipeline, "cus_rec_edited", json!({"emailaddress1": "someone.typed.this@example.com"})).await;
+    edit_contact(
+        &pipeline,
+        "cus_rec_edited",
+        json!({"emailaddress1": "someone.typed.this@example.com"}),
+    )
+    .await;
     {
         let mut db = db.lock().unwrap();
         let changed = db.rows.get_mut("cus_rec_changed").unwrap();
@@ -249,12 +300,24 @@ async fn reconcile_finds_every_planted_drift_and_repair_fixes_it_through_the_sin
         db.rows.remove("cus_rec_unknown");
         db.rows.insert(
             "cus_rec_missing".into(),
-            (now - 30, Some(customer("cus_rec_missing", "Never Delivered", "never@example.com", now - 30))),
+            (
+                now - 30,
+                Some(customer(
+                    "cus_rec_missing",
+                    "Never Delivered",
+                    "never@example.com",
+                    now - 30,
+                )),
+            ),
         );
     }
 
     let found = reconcile(&pipeline, &stripe_url, &["--json"]).await;
-    assert_eq!(found.status, 1, "drift without --repair exits 1: {}\n{}", found.stdout, found.stderr);
+    assert_eq!(
+        found.status, 1,
+        "drift without --repair exits 1: {}\n{}",
+        found.stdout, found.stderr
+    );
     let report: Value = serde_json::from_str(&found.stdout).unwrap();
     let expected: Vec<(String, String)> = [
         ("missing", "cus_rec_missing"),
@@ -269,25 +332,44 @@ async fn reconcile_finds_every_planted_drift_and_repair_fixes_it_through_the_sin
     assert_eq!(kinds(&report), expected, "{report:#}");
     assert_eq!(report["in_sync"], 1, "{report:#}");
     let fields = |id: &str| -> Vec<(String, Value, Value)> {
-        let entry = report["drift"].as_array().unwrap().iter().find(|d| d["customer_id"] == id).unwrap();
+        let entry = report["drift"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["customer_id"] == id)
+            .unwrap();
         entry["fields"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|f| (f["column"].as_str().unwrap().to_string(), f["dataverse"].clone(), f["stripe"].clone()))
+            .map(|f| {
+                (
+                    f["column"].as_str().unwrap().to_string(),
+                    f["dataverse"].clone(),
+                    f["stripe"].clone(),
+                )
+            })
             .collect()
     };
     assert_eq!(
         fields("cus_rec_changed"),
         vec![
             ("address1_city".into(), json!("San Francisco"), json!("Oakland")),
-            ("emailaddress1".into(), json!("person2@example.com"), json!("new.address@example.com")),
+            (
+                "emailaddress1".into(),
+                json!("person2@example.com"),
+                json!("new.address@example.com")
+            ),
         ],
         "Stripe's side normalised as the enricher does"
     );
     assert_eq!(
         fields("cus_rec_edited"),
-        vec![("emailaddress1".into(), json!("someone.typed.this@example.com"), json!("person1@example.com"))]
+        vec![(
+            "emailaddress1".into(),
+            json!("someone.typed.this@example.com"),
+            json!("person1@example.com")
+        )]
     );
 
     // The table says the same.
@@ -317,7 +399,8 @@ async fn reconcile_finds_every_planted_drift_and_repair_fixes_it_through_the_sin
         .collect();
     assert_eq!(labelled, expected, "{}", table.stdout);
     assert!(
-        rows.iter().any(|r| r == &["emailaddress1", "person2@example.com", "new.address@example.com"]),
+        rows.iter()
+            .any(|r| r == &["emailaddress1", "person2@example.com", "new.address@example.com"]),
         "a second differing column on its own line: {}",
         table.stdout
     );
@@ -340,23 +423,28 @@ async fn reconcile_finds_every_planted_drift_and_repair_fixes_it_through_the_sin
     assert_eq!(report["repair"]["topic"], pipeline.names.customers_topic.as_str());
     let run_id = report["run_id"].as_str().unwrap().to_string();
 
-    let contact = |contacts: &[Value], id: &str| contacts.iter().find(|c| c["new_stripecustomerid"] == id).cloned();
-    wait_until("the sink to apply every corrective record", Duration::from_secs(90), || async {
-        let contacts = pipeline.contacts().await.ok()?;
-        let missing = contact(&contacts, "cus_rec_missing")?;
-        let changed = contact(&contacts, "cus_rec_changed")?;
-        let edited = contact(&contacts, "cus_rec_edited")?;
-        let deleted = contact(&contacts, "cus_rec_deleted")?;
-        let unknown = contact(&contacts, "cus_rec_unknown")?;
-        (missing["emailaddress1"] == "never@example.com"
-            && changed["emailaddress1"] == "new.address@example.com"
-            && changed["address1_city"] == "Oakland"
-            && edited["emailaddress1"] == "person1@example.com"
-            && deleted["new_stripedeleted"] == true
-            && deleted["statecode"] == 1
-            && unknown["new_stripedeleted"] == true)
-            .then_some(())
-    })
+    let contact =
+        |contacts: &[Value], id: &str| contacts.iter().find(|c| c["new_stripecustomerid"] == id).cloned();
+    wait_until(
+        "the sink to apply every corrective record",
+        Duration::from_secs(90),
+        || async {
+            let contacts = pipeline.contacts().await.ok()?;
+            let missing = contact(&contacts, "cus_rec_missing")?;
+            let changed = contact(&contacts, "cus_rec_changed")?;
+            let edited = contact(&contacts, "cus_rec_edited")?;
+            let deleted = contact(&contacts, "cus_rec_deleted")?;
+            let unknown = contact(&contacts, "cus_rec_unknown")?;
+            (missing["emailaddress1"] == "never@example.com"
+                && changed["emailaddress1"] == "new.address@example.com"
+                && changed["address1_city"] == "Oakland"
+                && edited["emailaddress1"] == "person1@example.com"
+                && deleted["new_stripedeleted"] == true
+                && deleted["statecode"] == 1
+                && unknown["new_stripedeleted"] == true)
+                .then_some(())
+        },
+    )
     .await
     .unwrap();
     let contacts = pipeline.contacts().await.unwrap();
@@ -380,7 +468,12 @@ async fn reconcile_finds_every_planted_drift_and_repair_fixes_it_through_the_sin
     assert_eq!(report["in_sync"], 6, "{report:#}");
 
     // A later real event still wins over a corrective record.
-    let mut later = customer("cus_rec_changed", "Real Event", "real.event@example.com", now - 598);
+    let mut later = customer(
+        "cus_rec_changed",
+        "Real Event",
+        "real.event@example.com",
+        now - 598,
+    );
     later["address"]["city"] = json!("Berkeley");
     db.lock().unwrap().rows.get_mut("cus_rec_changed").unwrap().1 = Some(later.clone());
     let future = std::time::SystemTime::now()

@@ -295,7 +295,12 @@ pub fn execute(
             }
             body.insert("value".into(), Value::Array(values));
             if let Some(next) = page.next {
-                let link = next_link(ctx.base_url, &set, request.query, &next.render(&table.config.primary_key));
+                let link = next_link(
+                    ctx.base_url,
+                    &set,
+                    request.query,
+                    &next.render(&table.config.primary_key),
+                );
                 body.insert("@odata.nextLink".into(), Value::String(link));
             }
             let mut response = ApiResponse::odata(StatusCode::OK).odata_json(&Value::Object(body));

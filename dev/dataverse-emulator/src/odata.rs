@@ -564,7 +564,11 @@ impl PageCookie {
 
     /// Reads a decoded `$skiptoken` value.
     pub fn parse(value: &str, primary_key: &str) -> Result<Self, ApiError> {
-        let bad = || ApiError::BadUrl(format!("The $skiptoken '{value}' is not a paging cookie from a previous page."));
+        let bad = || {
+            ApiError::BadUrl(format!(
+                "The $skiptoken '{value}' is not a paging cookie from a previous page."
+            ))
+        };
         let page = attribute(value, "pagenumber")
             .and_then(|p| p.parse::<usize>().ok())
             .filter(|p| *p >= 2)
@@ -1040,7 +1044,11 @@ pub fn run_page<'t>(table: &'t Table, options: &QueryOptions, page_size: Option<
     let total = rows.len();
     if let Some(top) = options.top {
         rows.truncate(top.min(MAX_PAGE_SIZE));
-        return Page { rows, total, next: None };
+        return Page {
+            rows,
+            total,
+            next: None,
+        };
     }
     let size = page_size.unwrap_or(MAX_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
     let (page, start) = match &options.skiptoken {
@@ -1050,7 +1058,10 @@ pub fn run_page<'t>(table: &'t Table, options: &QueryOptions, page_size: Option<
             (cookie.page, rows.partition_point(|r| r.id <= cookie.last))
         }
         // Ordered by columns: the page number says how many rows came before.
-        Some(cookie) => (cookie.page, (cookie.page - 1).saturating_mul(size).min(rows.len())),
+        Some(cookie) => (
+            cookie.page,
+            (cookie.page - 1).saturating_mul(size).min(rows.len()),
+        ),
     };
     let rest = rows.split_off(start);
     let more = rest.len() > size;

@@ -605,7 +605,10 @@ async fn queries_are_paged_with_maxpagesize_and_next_links() {
         let rows = page["value"].as_array().expect("value").clone();
         assert!(rows.len() <= 3, "{page}");
         for row in &rows {
-            assert!(row.get("lastname").is_none(), "$select is kept on every page: {row}");
+            assert!(
+                row.get("lastname").is_none(),
+                "$select is kept on every page: {row}"
+            );
             seen.push(row["new_stripecustomerid"].as_str().expect("key").to_owned());
         }
         let Some(next) = page["@odata.nextLink"].as_str() else {
@@ -636,7 +639,10 @@ async fn queries_are_paged_with_maxpagesize_and_next_links() {
     for i in 0..7 {
         assert!(seen.contains(&format!("cus_page{i}")), "{seen:?}");
     }
-    assert!(!seen.contains(&"cus_other".to_owned()), "the filter holds on every page");
+    assert!(
+        !seen.contains(&"cus_other".to_owned()),
+        "the filter holds on every page"
+    );
     assert!(pages >= 3, "{pages} pages");
 
     // Without the preference: up to 5000 rows and no next link; above 5000 the preference is
