@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
+use common::stripe::{KeyMode, STRIPE_ENV, StripeSettings};
 use common::{
-    config::{ConfigError, HumanDuration, KafkaSettings, RegistrySettings, Secret, Settings},
+    config::{ConfigError, HumanDuration, KafkaSettings, RegistrySettings, Settings},
     retry::BackoffSettings,
     telemetry::TelemetrySettings,
 };
@@ -15,8 +16,9 @@ use sink_dataverse::config::{DataverseSettings, Mapping, SinkConfig, ThrottleSet
 
 /// The largest page Dataverse serves (`Prefer: odata.maxpagesize` above it is ignored).
 pub const MAX_DATAVERSE_PAGE: usize = 5000;
-/// The largest page Stripe's list endpoints serve (`limit`).
-pub const MAX_STRIPE_PAGE: usize = 100;
+/// Stripe requests per second by default: well below Stripe's limits (25 per second in test
+/// mode, 100 live, per account), which the account's other users share.
+pub const STRIPE_REQUESTS_PER_SECOND: f64 = 10.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -31,7 +33,9 @@ pub struct ReconcileConfig {
     pub output_topic: String,
     /// How long a corrective record may wait for the broker's acknowledgement. Default `30s`.
     pub produce_timeout: HumanDuration,
-    /// Stripe's API.
+    /// Stripe's API (`common::stripe`): `api_key` (`STRIPE_API_KEY`), `base_url`
+    /// (`STRIPE_API_BASE`), `page_size`, `requests_per_second`, `max_retries`, `timeout`,
+    /// `backoff`.
     pub stripe: StripeSettings,
     /// The Dataverse environment, table and guard columns: the sink's values.
     pub dataverse: DataverseSettings,
@@ -42,45 +46,18 @@ pub struct ReconcileConfig {
     /// Dataverse requests started per second, at most. Default 5: the reconciliation shares
     /// the service protection budget with the sink when both use one application user.
     pub dataverse_requests_per_second: f64,
-    /// Bound on each HTTP request (Stripe and Dataverse). Default `30s`.
+    /// Bound on each Dataverse request. Default `30s`.
     pub request_timeout: HumanDuration,
     /// How Dataverse's 429 `Retry-After` is honoured (the sink's settings).
     pub throttle: ThrottleSettings,
-    /// Delays between attempts after a transient failure.
+    /// Delays between attempts after a transient failure (Dataverse, Kafka, the registry).
     pub backoff: BackoffSettings,
-    /// Attempts per request (or record) before the run fails. Default 8.
+    /// Attempts per Dataverse request (or record produced) before the run fails. Default 8.
     pub max_attempts: u32,
     /// Whether `--repair` also writes a corrective deletion for contacts Stripe does not know
     /// (404 on `GET /v1/customers/{id}`). Default true; turn off when Dataverse holds contacts
     /// of another Stripe account or mode.
     pub repair_unknown: bool,
-}
-
-/// Stripe's API: where it is, the key, and how hard to use it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StripeSettings {
-    /// Base URL. Default `https://api.stripe.com`; the fake's URL in tests.
-    pub base_url: String,
-    /// Secret or restricted key with read access to customers (`STRIPE_API_KEY`). Required;
-    /// never printed or logged.
-    pub api_key: Secret,
-    /// Customers per list page (`limit`), 1–100. Default 100.
-    pub page_size: usize,
-    /// Stripe requests started per second, at most. Default 10 (Stripe allows 25 per second in
-    /// test mode and 100 in live mode, shared with everything else using the account).
-    pub requests_per_second: f64,
-}
-
-impl Default for StripeSettings {
-    fn default() -> Self {
-        StripeSettings {
-            base_url: "https://api.stripe.com".into(),
-            api_key: Secret::default(),
-            page_size: MAX_STRIPE_PAGE,
-            requests_per_second: 10.0,
-        }
-    }
 }
 
 impl Default for ReconcileConfig {
@@ -94,7 +71,10 @@ impl Default for ReconcileConfig {
             },
             output_topic: schemas::topics::CUSTOMERS_NORMALIZED.into(),
             produce_timeout: HumanDuration::secs(30),
-            stripe: StripeSettings::default(),
+            stripe: StripeSettings {
+                requests_per_second: STRIPE_REQUESTS_PER_SECOND,
+                ..StripeSettings::default()
+            },
             dataverse: DataverseSettings::default(),
             mapping: Mapping::default(),
             dataverse_page_size: 500,
@@ -110,6 +90,7 @@ impl Default for ReconcileConfig {
 
 impl Settings for ReconcileConfig {
     const ENV_PREFIX: &'static str = "RECONCILE_";
+    const EXTRA_ENV: &'static [(&'static str, &'static str)] = STRIPE_ENV;
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate("kafka")?;
@@ -120,40 +101,12 @@ impl Settings for ReconcileConfig {
         if self.produce_timeout.0 < Duration::from_millis(100) {
             return Err(ConfigError::invalid("produce_timeout", "must be at least 100ms"));
         }
-        let s = &self.stripe;
-        if !(s.base_url.starts_with("http://") || s.base_url.starts_with("https://"))
-            || s.base_url.contains(char::is_whitespace)
-        {
+        self.stripe.validate("stripe")?;
+        if self.dataverse_requests_per_second.is_nan() || self.dataverse_requests_per_second <= 0.0 {
             return Err(ConfigError::invalid(
-                "stripe.base_url",
-                format!("`{}` is not an http(s) URL", s.base_url),
-            ));
-        }
-        if s.api_key.is_empty() {
-            return Err(ConfigError::invalid(
-                "stripe.api_key",
-                "required (STRIPE_API_KEY or RECONCILE_STRIPE__API_KEY): a key that can read customers",
-            ));
-        }
-        if !(1..=MAX_STRIPE_PAGE).contains(&s.page_size) {
-            return Err(ConfigError::invalid(
-                "stripe.page_size",
-                format!(
-                    "{} is outside 1–{MAX_STRIPE_PAGE} (Stripe's list limit)",
-                    s.page_size
-                ),
-            ));
-        }
-        for (setting, rate) in [
-            ("stripe.requests_per_second", s.requests_per_second),
-            (
                 "dataverse_requests_per_second",
-                self.dataverse_requests_per_second,
-            ),
-        ] {
-            if !(rate.is_finite() && rate > 0.0) {
-                return Err(ConfigError::invalid(setting, "must be a number above 0"));
-            }
+                "must be a number above 0",
+            ));
         }
         if !(1..=MAX_DATAVERSE_PAGE).contains(&self.dataverse_page_size) {
             return Err(ConfigError::invalid(
@@ -196,27 +149,16 @@ impl ReconcileConfig {
     /// Whether the Stripe key is a live-mode key (`sk_live_…`, `rk_live_…`): the `livemode` of
     /// corrective deletions.
     pub fn livemode(&self) -> bool {
-        let key = self.stripe.api_key.expose();
-        key.starts_with("sk_live_") || key.starts_with("rk_live_")
+        matches!(self.stripe.mode(), Ok(KeyMode::Live))
     }
 }
 
-/// Loads the settings; `STRIPE_API_KEY` fills `stripe.api_key` when nothing else sets it.
+/// Loads and validates the settings from every source (`STRIPE_API_KEY` and `STRIPE_API_BASE`
+/// included).
 pub fn load(
     args: &common::config::ConfigArgs,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<ReconcileConfig, ConfigError> {
-    let mut env: Vec<(String, String)> = env.into_iter().collect();
-    let standard = env
-        .iter()
-        .find(|(k, v)| k == "STRIPE_API_KEY" && !v.is_empty())
-        .map(|(_, v)| v.clone());
-    let prefixed = env.iter().any(|(k, _)| k == "RECONCILE_STRIPE__API_KEY");
-    if let Some(key) = standard
-        && !prefixed
-    {
-        env.push(("RECONCILE_STRIPE__API_KEY".into(), key));
-    }
     common::config::load_from(args, env)
 }
 
@@ -250,6 +192,7 @@ mod tests {
         let config = load(&ConfigArgs::default(), valid()).unwrap();
         assert_eq!(config.output_topic, "customers.normalized");
         assert_eq!(config.stripe.base_url, "https://api.stripe.com");
+        assert_eq!(config.stripe.requests_per_second, STRIPE_REQUESTS_PER_SECOND);
         assert_eq!(config.stripe.api_key.expose(), "sk_test_123456789012345678901234");
         assert_eq!(config.dataverse_page_size, 500);
         assert!(!config.livemode());
@@ -260,6 +203,7 @@ mod tests {
 
         let mut both = valid();
         both.push(("RECONCILE_STRIPE__API_KEY".into(), "rk_live_other".into()));
+        both.push(("STRIPE_API_BASE".into(), "http://127.0.0.1:12111".into()));
         let config = load(&ConfigArgs::default(), both).unwrap();
         assert_eq!(
             config.stripe.api_key.expose(),
@@ -267,6 +211,7 @@ mod tests {
             "the prefixed variable wins"
         );
         assert!(config.livemode());
+        assert_eq!(config.stripe.base_url, "http://127.0.0.1:12111");
     }
 
     #[test]
@@ -293,8 +238,12 @@ mod tests {
             "stripe.base_url",
         );
         check(
-            &[("RECONCILE_STRIPE__REQUESTS_PER_SECOND", "0")],
+            &[("RECONCILE_STRIPE__REQUESTS_PER_SECOND", "-1")],
             "stripe.requests_per_second",
+        );
+        check(
+            &[("RECONCILE_DATAVERSE_REQUESTS_PER_SECOND", "0")],
+            "dataverse_requests_per_second",
         );
         check(
             &[("RECONCILE_DATAVERSE_PAGE_SIZE", "9000")],

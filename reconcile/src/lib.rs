@@ -4,8 +4,8 @@
 //!
 //! Modules, from the outside in:
 //! * [`config`]: [`ReconcileConfig`], every setting with its default, validated at start-up.
-//! * [`stripe`]: what the run needs of Stripe ([`stripe::CustomerSource`]);
-//!   [`stripe_api`] implements it over Stripe's API.
+//! * [`stripe`]: what the run needs of Stripe ([`stripe::CustomerSource`]), implemented by
+//!   `common::stripe::StripeClient`.
 //! * [`dataverse`]: the sink's contacts, paged, through the sink's own HTTP transport.
 //! * [`compare`]: the comparison and the corrective records. Pure.
 //! * [`report`]: the table and the JSON of one [`report::Report`].
@@ -21,7 +21,6 @@ pub mod pace;
 pub mod repair;
 pub mod report;
 pub mod stripe;
-pub mod stripe_api;
 
 use std::collections::BTreeSet;
 

@@ -55,7 +55,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let telemetry = common::telemetry::init("reconcile", &config.telemetry)?;
-    let stripe = reconcile::stripe_api::StripeCustomers::new(&config)?;
+    let stripe = common::stripe::StripeClient::new(&config.stripe)?;
     let interrupted = common::shutdown::on_signal();
     let report = tokio::select! {
         report = reconcile::reconcile(&config, &stripe, cli.repair) => report,

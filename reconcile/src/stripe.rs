@@ -1,9 +1,12 @@
 //! The Stripe side as the reconciliation needs it: every live customer, and what Stripe says
-//! about one id. [`CustomerSource`] keeps the comparison testable without HTTP; the
-//! implementation over Stripe's API is [`crate::stripe_api`].
+//! about one id, each with the time it was asked for. [`CustomerSource`] keeps the run testable
+//! without HTTP; [`common::stripe::StripeClient`] (pagination, pacing, Stripe's retry rules)
+//! implements it.
 
 use std::future::Future;
 
+use anyhow::Context as _;
+use common::stripe::{CustomerLookup, CustomerQuery, StripeClient};
 use serde_json::Value;
 
 /// A customer object and the unix second its request was sent.
@@ -39,4 +42,28 @@ pub fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
+}
+
+impl CustomerSource for StripeClient {
+    async fn customers(&self) -> anyhow::Result<Vec<Read<Value>>> {
+        let mut pages = StripeClient::customers(self, CustomerQuery::default());
+        let mut out = Vec::new();
+        loop {
+            let read_at = unix_now();
+            let Some(page) = pages.next_page().await.context("GET /v1/customers")? else {
+                return Ok(out);
+            };
+            out.extend(page.data.into_iter().map(|value| Read { value, read_at }));
+        }
+    }
+
+    async fn customer(&self, id: &str) -> anyhow::Result<Read<Lookup>> {
+        let read_at = unix_now();
+        let value = match StripeClient::customer(self, id).await? {
+            CustomerLookup::Found(object) => Lookup::Live(object),
+            CustomerLookup::Deleted => Lookup::Deleted,
+            CustomerLookup::Missing => Lookup::Unknown,
+        };
+        Ok(Read { value, read_at })
+    }
 }
