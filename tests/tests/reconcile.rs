@@ -1,134 +1,18 @@
 //! `reconcile` against the whole pipeline, every component a real process: contacts written by
-//! signed webhooks through gateway, enricher and sink; Stripe's side from a local fake of its API.
+//! signed webhooks through gateway, enricher and sink; Stripe's side from the harness's fake of its
+//! API, rate limiting included.
 //! A clean state shows no drift; each planted drift (missing, different on either side, deleted
 //! in Stripe, unknown to Stripe) is found and nothing else; the JSON says what the table says;
 //! `--repair` fixes each through the sink, and a second run finds nothing.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use harness::{
     pipeline::{Pipeline, Stage, customer_event},
+    stripe_fake::StripeFake,
     wait_until, workspace_bin,
 };
 use serde_json::{Value, json};
-
-const STRIPE_KEY: &str = "sk_test_reconcile_component_key";
-
-/// A local stand-in for the two Stripe endpoints the reconciliation reads, as Stripe documents
-/// them: `GET /v1/customers` (newest first, `limit`, `starting_after`, `has_more`; deleted
-/// customers left out) and `GET /v1/customers/{id}` (the customer, `{"id", "object":
-/// "customer", "deleted": true}` for a deleted one, 404 `resource_missing` otherwise), both
-/// behind the secret key as a bearer token.
-mod stripe_fake {
-    use super::*;
-    use axum::{
-        Json, Router,
-        extract::{Path, Query, State},
-        http::{HeaderMap, StatusCode},
-        routing::get,
-    };
-
-    #[derive(Debug, Clone, Default)]
-    pub struct Customers {
-        /// id → (created, object); `None` for a deleted customer.
-        pub rows: BTreeMap<String, (i64, Option<Value>)>,
-    }
-
-    pub type Shared = Arc<Mutex<Customers>>;
-
-    type Answer = (StatusCode, Json<Value>);
-
-    fn authorised(headers: &HeaderMap) -> Result<(), Answer> {
-        let expected = format!("Bearer {STRIPE_KEY}");
-        match headers.get("authorization").and_then(|v| v.to_str().ok()) {
-            Some(v) if v == expected => Ok(()),
-            _ => Err((
-                StatusCode::UNAUTHORIZED,
-                Json(
-                    json!({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}}),
-                ),
-            )),
-        }
-    }
-
-    async fn list(
-        State(db): State<Shared>,
-        headers: HeaderMap,
-        Query(q): Query<BTreeMap<String, String>>,
-    ) -> Answer {
-        if let Err(e) = authorised(&headers) {
-            return e;
-        }
-        let limit: usize = q
-            .get("limit")
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(10)
-            .clamp(1, 100);
-        let db = db.lock().unwrap();
-        let mut live: Vec<(i64, &String, &Value)> = db
-            .rows
-            .iter()
-            .filter_map(|(id, (created, object))| object.as_ref().map(|o| (*created, id, o)))
-            .collect();
-        live.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
-        let start = match q.get("starting_after") {
-            Some(after) => live
-                .iter()
-                .position(|(_, id, _)| *id == after)
-                .map_or(live.len(), |i| i + 1),
-            None => 0,
-        };
-        let page: Vec<Value> = live
-            .iter()
-            .skip(start)
-            .take(limit)
-            .map(|(_, _, o)| (*o).clone())
-            .collect();
-        let has_more = start + page.len() < live.len();
-        (
-            StatusCode::OK,
-            Json(json!({"object": "list", "url": "/v1/customers", "has_more": has_more, "data": page})),
-        )
-    }
-
-    async fn retrieve(State(db): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
-        if let Err(e) = authorised(&headers) {
-            return e;
-        }
-        match db.lock().unwrap().rows.get(&id) {
-            Some((_, Some(object))) => (StatusCode::OK, Json(object.clone())),
-            Some((_, None)) => (
-                StatusCode::OK,
-                Json(json!({"id": id, "object": "customer", "deleted": true})),
-            ),
-            None => (
-                StatusCode::NOT_FOUND,
-                Json(json!({"error": {
-                    "code": "resource_missing", "param": "id", "type": "invalid_request_error",
-                    "message": format!("No such customer: '{id}'")
-                }})),
-            ),
-        }
-    }
-
-    /// Serves the fake on a free port; returns its base URL.
-    pub async fn start(db: Shared) -> String {
-        let app = Router::new()
-            .route("/v1/customers", get(list))
-            .route("/v1/customers/{id}", get(retrieve))
-            .with_state(db);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        url
-    }
-}
 
 fn customer(id: &str, name: &str, email: &str, created: i64) -> Value {
     json!({
@@ -153,7 +37,7 @@ struct Run {
     stderr: String,
 }
 
-async fn reconcile(pipeline: &Pipeline, stripe_url: &str, args: &[&str]) -> Run {
+async fn reconcile(pipeline: &Pipeline, stripe: &StripeFake, args: &[&str]) -> Run {
     let mut command = tokio::process::Command::new(workspace_bin("reconcile").unwrap());
     command.args(args).kill_on_drop(true).env_clear();
     command.env("PATH", std::env::var("PATH").unwrap_or_default());
@@ -166,8 +50,8 @@ async fn reconcile(pipeline: &Pipeline, stripe_url: &str, args: &[&str]) -> Run 
     }
     command
         .env("RUST_LOG", "info,rdkafka=warn")
-        .env("STRIPE_API_KEY", STRIPE_KEY)
-        .env("RECONCILE_STRIPE__BASE_URL", stripe_url)
+        .env("STRIPE_API_KEY", stripe.api_key())
+        .env("STRIPE_API_BASE", stripe.url())
         // Small pages on both sides, so paging is exercised.
         .env("RECONCILE_STRIPE__PAGE_SIZE", "2")
         .env("RECONCILE_DATAVERSE_PAGE_SIZE", "2")
@@ -234,33 +118,36 @@ fn kinds(report: &Value) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn reconcile_finds_every_planted_drift_and_repair_fixes_it_through_the_sink() {
     let pipeline = Pipeline::start().await.unwrap();
-    let db: stripe_fake::Shared = Arc::default();
-    let stripe_url = stripe_fake::start(db.clone()).await;
+    let stripe = StripeFake::start().await.unwrap();
+    // Stripe answers 429 beyond this, as it does past its limits; the client backs off.
+    stripe.set_rate_limit(Some(2));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
 
-    // Five customers, created in Stripe and delivered through the pipeline.
+    // Four customers, created in Stripe and delivered through the pipeline.
     let ids = [
         "cus_rec_same",
         "cus_rec_edited",
         "cus_rec_changed",
         "cus_rec_deleted",
-        "cus_rec_unknown",
     ];
-    for (i, id) in ids.iter().enumerate() {
+    let deliver = |i: usize, id: &str| {
         let object = customer(
             id,
             &format!("  Person   {i} "),
             &format!(" Person{i}@Example.COM "),
             now - 600 + i as i64,
         );
-        db.lock()
-            .unwrap()
-            .rows
-            .insert(id.to_string(), (now - 600 + i as i64, Some(object.clone())));
-        let body = customer_event(&format!("evt_rec_{i}"), "customer.created", now - 120, object);
+        (
+            object.clone(),
+            customer_event(&format!("evt_rec_{i}"), "customer.created", now - 120, object),
+        )
+    };
+    for (i, id) in ids.iter().enumerate() {
+        let (object, body) = deliver(i, id);
+        stripe.put_customer(object);
         assert_eq!(pipeline.send_webhook(&body).await.unwrap().status(), 200);
     }
     wait_until(
@@ -275,44 +162,45 @@ async fn reconcile_finds_every_planted_drift_and_repair_fixes_it_through_the_sin
     .unwrap();
 
     // A clean state: nothing drifted, exit 0.
-    let clean = reconcile(&pipeline, &stripe_url, &["--json"]).await;
+    let clean = reconcile(&pipeline, &stripe, &["--json"]).await;
     assert_eq!(clean.status, 0, "{}\n{}", clean.stdout, clean.stderr);
     let report: Value = serde_json::from_str(&clean.stdout).unwrap();
     assert_eq!(kinds(&report), Vec::<(String, String)>::new(), "{report:#}");
-    assert_eq!(report["in_sync"], 5, "{report:#}");
-    assert_eq!(report["stripe_customers"], 5);
-    assert_eq!(report["dataverse_contacts"], 5);
+    assert_eq!(report["in_sync"], 4, "{report:#}");
+    assert_eq!(report["stripe_customers"], 4);
+    assert_eq!(report["dataverse_contacts"], 4);
 
-    // Plant one drift of each kind, none of which the pipeline hears about.
+    // Plant one drift of each kind, none of which the pipeline hears about: a contact edited in
+    // Dataverse, a customer changed and one deleted in Stripe, one never delivered, and a contact
+    // of a customer Stripe never had.
     edit_contact(
         &pipeline,
         "cus_rec_edited",
         json!({"emailaddress1": "someone.typed.this@example.com"}),
     )
     .await;
-    {
-        let mut db = db.lock().unwrap();
-        let changed = db.rows.get_mut("cus_rec_changed").unwrap();
-        let object = changed.1.as_mut().unwrap();
-        object["email"] = json!("  New.Address@Example.COM ");
-        object["address"]["city"] = json!("  Oakland ");
-        db.rows.get_mut("cus_rec_deleted").unwrap().1 = None;
-        db.rows.remove("cus_rec_unknown");
-        db.rows.insert(
-            "cus_rec_missing".into(),
-            (
-                now - 30,
-                Some(customer(
-                    "cus_rec_missing",
-                    "Never Delivered",
-                    "never@example.com",
-                    now - 30,
-                )),
-            ),
-        );
-    }
+    let mut changed = stripe.customer("cus_rec_changed").unwrap();
+    changed["email"] = json!("  New.Address@Example.COM ");
+    changed["address"]["city"] = json!("  Oakland ");
+    stripe.put_customer(changed);
+    stripe.delete_customer("cus_rec_deleted");
+    stripe.put_customer(customer(
+        "cus_rec_missing",
+        "Never Delivered",
+        "never@example.com",
+        now - 30,
+    ));
+    let (_, body) = deliver(4, "cus_rec_unknown");
+    assert_eq!(pipeline.send_webhook(&body).await.unwrap().status(), 200);
+    wait_until(
+        "the contact Stripe does not know",
+        Duration::from_secs(60),
+        || async { pipeline.contact("cus_rec_unknown").await.ok().flatten() },
+    )
+    .await
+    .unwrap();
 
-    let found = reconcile(&pipeline, &stripe_url, &["--json"]).await;
+    let found = reconcile(&pipeline, &stripe, &["--json"]).await;
     assert_eq!(
         found.status, 1,
         "drift without --repair exits 1: {}\n{}",
@@ -373,7 +261,7 @@ async fn reconcile_finds_every_planted_drift_and_repair_fixes_it_through_the_sin
     );
 
     // The table says the same.
-    let table = reconcile(&pipeline, &stripe_url, &[]).await;
+    let table = reconcile(&pipeline, &stripe, &[]).await;
     eprintln!("{}", table.stdout);
     assert_eq!(table.status, 1, "{}", table.stderr);
     let lines: Vec<&str> = table.stdout.lines().collect();
@@ -415,7 +303,7 @@ async fn reconcile_finds_every_planted_drift_and_repair_fixes_it_through_the_sin
     );
 
     // Repair: the corrective records go through the sink.
-    let repaired = reconcile(&pipeline, &stripe_url, &["--json", "--repair"]).await;
+    let repaired = reconcile(&pipeline, &stripe, &["--json", "--repair"]).await;
     eprintln!("{}", repaired.stdout);
     assert_eq!(repaired.status, 0, "{}\n{}", repaired.stdout, repaired.stderr);
     let report: Value = serde_json::from_str(&repaired.stdout).unwrap();
@@ -461,11 +349,15 @@ async fn reconcile_finds_every_planted_drift_and_repair_fixes_it_through_the_sin
     );
 
     // Nothing is left.
-    let again = reconcile(&pipeline, &stripe_url, &["--json"]).await;
+    let again = reconcile(&pipeline, &stripe, &["--json"]).await;
     assert_eq!(again.status, 0, "{}\n{}", again.stdout, again.stderr);
     let report: Value = serde_json::from_str(&again.stdout).unwrap();
     assert_eq!(kinds(&report), Vec::<(String, String)>::new(), "{report:#}");
     assert_eq!(report["in_sync"], 6, "{report:#}");
+    assert!(
+        stripe.throttled() > 0,
+        "Stripe's rate limit was met and waited out"
+    );
 
     // A later real event still wins over a corrective record.
     let mut later = customer(
@@ -475,7 +367,7 @@ async fn reconcile_finds_every_planted_drift_and_repair_fixes_it_through_the_sin
         now - 598,
     );
     later["address"]["city"] = json!("Berkeley");
-    db.lock().unwrap().rows.get_mut("cus_rec_changed").unwrap().1 = Some(later.clone());
+    stripe.put_customer(later.clone());
     let future = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
