@@ -100,6 +100,14 @@ async fn edit_contact(pipeline: &Pipeline, customer_id: &str, body: Value) {
     assert_eq!(response.status(), 204, "{:?}", response.text().await);
 }
 
+/// Requests the emulator has answered 429, over every limit.
+async fn throttled(pipeline: &Pipeline) -> u64 {
+    let stats = pipeline.emulator_stats().await.unwrap();
+    stats["throttled"]
+        .as_object()
+        .map_or(0, |by_limit| by_limit.values().filter_map(Value::as_u64).sum())
+}
+
 /// The drift of a JSON report as `(kind, customer_id)`, in report order.
 fn kinds(report: &Value) -> Vec<(String, String)> {
     report["drift"]
@@ -260,8 +268,19 @@ async fn reconcile_finds_every_planted_drift_and_repair_fixes_it_through_the_sin
         )]
     );
 
-    // The table says the same.
+    // The table says the same, from a run that meets Dataverse's service protection limits
+    // (429 with Retry-After) and waits them out.
+    let throttled_before = throttled(&pipeline).await;
+    pipeline
+        .set_faults(json!({"force_throttle": {"duration_ms": 5000, "kind": "requests"}}))
+        .await
+        .unwrap();
     let table = reconcile(&pipeline, &stripe, &[]).await;
+    assert!(
+        throttled(&pipeline).await > throttled_before,
+        "the listing was throttled: {}",
+        table.stderr
+    );
     eprintln!("{}", table.stdout);
     assert_eq!(table.status, 1, "{}", table.stderr);
     let lines: Vec<&str> = table.stdout.lines().collect();
