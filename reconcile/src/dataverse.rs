@@ -195,3 +195,126 @@ impl ContactLister {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use sink_dataverse::mapping::Columns;
+
+    async fn token(emulator: &dataverse_emulator::Running, http: &reqwest::Client) -> String {
+        let answer: Value = http
+            .post(emulator.token_url("t"))
+            .form(&[
+                ("client_id", "sink-dataverse"),
+                ("client_secret", "local-secret"),
+                ("grant_type", "client_credentials"),
+                ("scope", &format!("{}/.default", emulator.url())),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["access_token"].as_str().unwrap().to_string()
+    }
+
+    fn config(emulator: &dataverse_emulator::Running, page_size: usize) -> ReconcileConfig {
+        let mut config = ReconcileConfig::default();
+        config.dataverse.environment_url = emulator.url();
+        config.dataverse.token_url = Some(emulator.token_url("t"));
+        config.dataverse.client_id = "sink-dataverse".into();
+        config.dataverse.client_secret = common::config::Secret::new("local-secret");
+        config.dataverse_page_size = page_size;
+        config.dataverse_requests_per_second = 1000.0;
+        config
+    }
+
+    #[tokio::test]
+    async fn every_managed_contact_is_listed_across_pages_and_others_are_not() {
+        let emulator = dataverse_emulator::spawn(dataverse_emulator::Config::default())
+            .await
+            .unwrap();
+        let http = reqwest::Client::new();
+        let token = token(&emulator, &http).await;
+        for i in 0..7 {
+            let body = json!({
+                "lastname": format!("Row {i}"),
+                "emailaddress1": format!("r{i}@example.com"),
+                "new_stripeeventcreated": 100 + i,
+                "new_stripedeleted": i == 3,
+            });
+            let response = http
+                .patch(format!(
+                    "{}contacts(new_stripecustomerid='cus_{i}')",
+                    emulator.api_url()
+                ))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success());
+        }
+        // A contact someone made by hand: no key, not the sink's.
+        let response = http
+            .post(format!("{}contacts", emulator.api_url()))
+            .bearer_auth(&token)
+            .json(&json!({"lastname": "Walk-in"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+
+        let config = config(&emulator, 3);
+        let columns = Columns::from_config(&config.as_sink());
+        let lister = ContactLister::new(&config, columns).unwrap();
+        let contacts = lister.list().await.unwrap();
+        let mut ids: Vec<&str> = contacts.iter().map(|c| c.customer_id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(
+            ids,
+            ["cus_0", "cus_1", "cus_2", "cus_3", "cus_4", "cus_5", "cus_6"]
+        );
+        let three = contacts.iter().find(|c| c.customer_id == "cus_3").unwrap();
+        assert!(three.tombstone);
+        assert_eq!(three.stamp, Some(103));
+        assert_eq!(three.values["emailaddress1"], "r3@example.com");
+        assert!(
+            !contacts
+                .iter()
+                .find(|c| c.customer_id == "cus_4")
+                .unwrap()
+                .tombstone
+        );
+
+        // The queries asked for pages of 3: three of them for 7 rows.
+        let stats: Value = http
+            .get(format!("{}/_admin/stats", emulator.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stats["operations"]["read"], 3, "{stats}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_column_is_a_refusal_that_names_it() {
+        let emulator = dataverse_emulator::spawn(dataverse_emulator::Config::default())
+            .await
+            .unwrap();
+        let mut config = config(&emulator, 10);
+        config.mapping.email = "new_nosuchcolumn".into();
+        let columns = Columns::from_config(&config.as_sink());
+        let error = ContactLister::new(&config, columns)
+            .unwrap()
+            .list()
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ListError::Refused(_)), "{error}");
+        assert!(error.to_string().contains("new_nosuchcolumn"), "{error}");
+    }
+}
