@@ -59,6 +59,10 @@ pub trait Settings: Serialize + DeserializeOwned + Default {
     /// Prefix of this stage's environment variables, e.g. `GATEWAY_`.
     const ENV_PREFIX: &'static str;
 
+    /// Unprefixed variables this stage also reads, with the setting each feeds (e.g.
+    /// `common::stripe::STRIPE_ENV` for `STRIPE_API_KEY`); applied after the standard ones.
+    const EXTRA_ENV: &'static [(&'static str, &'static str)] = &[];
+
     fn validate(&self) -> Result<(), ConfigError> {
         Ok(())
     }
@@ -100,7 +104,7 @@ pub fn load_from<T: Settings>(
         figment = figment.merge(Toml::file_exact(&path));
     }
 
-    for (var, key) in STANDARD_ENV {
+    for (var, key) in STANDARD_ENV.iter().chain(T::EXTRA_ENV) {
         if let Some(value) = env.get(*var).filter(|v| !v.is_empty()) {
             figment = figment.merge((*key, parse_value(value)));
         }

@@ -19,6 +19,8 @@
 //! * [`offsets`] — the lowest-unfinished-offset tracker that keeps commits from passing a gap.
 //! * [`replay`] — reset a group's committed offsets by offset, time, earliest or latest.
 //! * [`retry`] — capped, jittered backoff and the one retry-until-cancelled loop.
+//! * [`stripe`] — a client of Stripe's REST API (events, customers): pagination, pacing below
+//!   Stripe's rate limits, retries as Stripe's `Stripe-Should-Retry` says.
 //! * [`shutdown`] — SIGINT/SIGTERM as a cancellation token.
 //! * [`stage`] — what every consuming stage shares above the loop: the command line (`run`,
 //!   `print-config`, `replay`, `dlq`) and the runner that wires ops, producer, topics, loop and lag.
@@ -37,6 +39,7 @@ pub mod replay;
 pub mod retry;
 pub mod shutdown;
 pub mod stage;
+pub mod stripe;
 pub mod telemetry;
 
 pub use config::Secret;

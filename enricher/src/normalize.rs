@@ -7,6 +7,8 @@
 //!
 //! Entry points:
 //! * [`customer_from_event_body`] (or [`customer_from_stripe_event`]): raw webhook body → change.
+//! * [`customer_from_object`]: a customer object (e.g. read from Stripe's API) → change, by the
+//!   same path.
 //! * [`normalize_customer`]: an already parsed [`StripeCustomer`] → change.
 //! * [`renormalize`]: apply the rules again to a [`Customer`]; a fixed point for every record this
 //!   module produces (`renormalize(&c) == c`).
@@ -243,16 +245,29 @@ pub fn customer_from_event_body(
     let Some(object @ Value::Object(_)) = object else {
         return Err(NormalizeError::NotAnObject { what: "data.object" });
     };
+    customer_from_object(&object, event).map(Some)
+}
 
+/// The change a Stripe customer object makes, as if it had arrived as the `data.object` of
+/// `event`: the same reading and rules as [`customer_from_event_body`] (which calls it), for a
+/// customer fetched from Stripe's API rather than delivered in a webhook. `event` must be a
+/// customer event type ([`NormalizeError::UnsupportedEventType`] otherwise).
+pub fn customer_from_object(object: &Value, event: SourceEvent<'_>) -> Result<Customer, NormalizeError> {
+    if !is_customer_event(event.event_type) {
+        return Err(NormalizeError::UnsupportedEventType(event.event_type.to_owned()));
+    }
+    if !object.is_object() {
+        return Err(NormalizeError::NotAnObject { what: "data.object" });
+    }
     // The id first, the same way for every event type: without it there is nothing to key on.
     let id = object.get("id").and_then(Value::as_str).and_then(clean_text);
     let id = id.ok_or(NormalizeError::MissingCustomerId)?;
     if event.event_type == CUSTOMER_DELETED {
-        return Ok(Some(deletion(id, event)));
+        return Ok(deletion(id, event));
     }
 
     let customer =
-        StripeCustomer::deserialize(&object).map_err(|e| NormalizeError::InvalidCustomer(e.to_string()))?;
+        StripeCustomer::deserialize(object).map_err(|e| NormalizeError::InvalidCustomer(e.to_string()))?;
     if let Some(kind) = customer.object.as_deref()
         && kind != "customer"
     {
@@ -260,7 +275,7 @@ pub fn customer_from_event_body(
             "object is {kind:?}, expected \"customer\""
         )));
     }
-    normalize_customer(&customer, event).map(Some)
+    normalize_customer(&customer, event)
 }
 
 /// [`customer_from_event_body`] for a record of the `stripe.events` topic.

@@ -364,7 +364,8 @@ impl Settings for SinkConfig {
 }
 
 impl SinkConfig {
-    fn validate_dataverse(&self) -> Result<(), ConfigError> {
+    /// The `dataverse.*` settings on their own (also used by tools that share them).
+    pub fn validate_dataverse(&self) -> Result<(), ConfigError> {
         let d = &self.dataverse;
         let url = d.environment_url.trim();
         if url.is_empty() {
@@ -435,7 +436,8 @@ impl SinkConfig {
         Ok(())
     }
 
-    fn validate_columns(&self) -> Result<(), ConfigError> {
+    /// The table, key, guard and mapped column names on their own.
+    pub fn validate_columns(&self) -> Result<(), ConfigError> {
         let d = &self.dataverse;
         let mut reserved: BTreeMap<&str, &str> = BTreeMap::new();
         for (setting, name) in [

@@ -9,6 +9,8 @@
 //! * [`wait_until`] — poll a condition with a deadline, instead of sleeping.
 //! * [`workload`] — generated Stripe customer histories, the state they must end in, and a
 //!   Stripe-like sender that retries every delivery until it is acknowledged.
+//! * [`stripe_fake::StripeFake`] — a local fake of Stripe's events and customers API (pagination,
+//!   filters, retention, auth, rate limiting), in-process on a free port.
 //! * [`otlp::Receiver`] — an OTLP/HTTP trace receiver keeping the spans the stages export.
 //! * [`inspect`] — what the stages did: watermarks, committed offsets, caught-up waits, a topic
 //!   read back, a stage's `/metrics`.
@@ -38,6 +40,7 @@ use tempfile::TempDir;
 pub mod inspect;
 pub mod otlp;
 pub mod pipeline;
+pub mod stripe_fake;
 pub mod workload;
 
 /// The pinned broker version the set-up installs.

@@ -121,6 +121,41 @@ pub fn prefers(headers: &HeaderMap, preference: &str) -> bool {
         .any(|p| p.trim().eq_ignore_ascii_case(preference))
 }
 
+/// The page size a `Prefer: odata.maxpagesize=N` asks for, when Dataverse honours it (1–5000;
+/// larger values are ignored, as documented).
+pub fn max_page_size(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| {
+            let (name, value) = p.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("odata.maxpagesize")
+                .then(|| value.trim().trim_matches('"').parse::<usize>().ok())
+                .flatten()
+        })
+        .find(|n| (1..=odata::MAX_PAGE_SIZE).contains(n))
+}
+
+/// The `@odata.nextLink` of a page: the request's own query options (minus an earlier
+/// `$skiptoken`) and the cookie of the next page.
+fn next_link(base: &str, set: &str, query: Option<&str>, cookie: &str) -> String {
+    let mut pairs: Vec<&str> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let name = p.split_once('=').map_or(*p, |(n, _)| n);
+            odata::percent_decode(name, true).map_or(true, |n| n != "$skiptoken")
+        })
+        .collect();
+    let token = format!("$skiptoken={}", odata::percent_encode(cookie));
+    pairs.push(&token);
+    format!("{base}{set}?{}", pairs.join("&"))
+}
+
 fn conditions(headers: &HeaderMap) -> Conditions {
     let if_match = header_str(headers, "if-match").and_then(IfMatch::parse);
     // Microsoft's own samples send `If-None-Match: null` on every request; it means no condition.
@@ -242,9 +277,11 @@ pub fn execute(
         Resource::EntitySet { set } if method == Method::GET => {
             let table = store.table(&set)?;
             let options = odata::parse_query(request.query, table)?;
-            let (rows, total) = odata::run_query(table, &options);
+            let page_size = max_page_size(request.headers);
+            let page = odata::run_page(table, &options, page_size);
             let select = options.select.as_deref();
-            let values: Vec<Value> = rows
+            let values: Vec<Value> = page
+                .rows
                 .into_iter()
                 .map(|row| Value::Object(table.row_json(row, select)))
                 .collect();
@@ -254,12 +291,26 @@ pub fn execute(
                 Value::String(context_url(ctx.base_url, &set, select, false)),
             );
             if options.count {
-                body.insert("@odata.count".into(), Value::from(total));
+                body.insert("@odata.count".into(), Value::from(page.total));
             }
             body.insert("value".into(), Value::Array(values));
-            Ok(plain(
-                ApiResponse::odata(StatusCode::OK).odata_json(&Value::Object(body)),
-            ))
+            if let Some(next) = page.next {
+                let link = next_link(
+                    ctx.base_url,
+                    &set,
+                    request.query,
+                    &next.render(&table.config.primary_key),
+                );
+                body.insert("@odata.nextLink".into(), Value::String(link));
+            }
+            let mut response = ApiResponse::odata(StatusCode::OK).odata_json(&Value::Object(body));
+            if let Some(size) = page_size {
+                response.push(
+                    HeaderName::from_static("preference-applied"),
+                    &format!("odata.maxpagesize={size}"),
+                );
+            }
+            Ok(plain(response))
         }
         Resource::EntitySetCount { set } if method == Method::GET => {
             let table = store.table(&set)?;

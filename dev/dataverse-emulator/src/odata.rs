@@ -522,6 +522,92 @@ pub struct QueryOptions {
     pub count: bool,
     /// `$orderby`: property and descending flag.
     pub orderby: Vec<(String, bool)>,
+    /// `$skiptoken`: where the previous page of this query ended.
+    pub skiptoken: Option<PageCookie>,
+}
+
+/// Dataverse's page size when the client asks for none, and the largest it honours
+/// (`Prefer: odata.maxpagesize` above it is ignored).
+pub const MAX_PAGE_SIZE: usize = 5000;
+
+/// The paging cookie of a `@odata.nextLink`, in Dataverse's shape: the `$skiptoken` value is
+/// `<cookie pagenumber="2" pagingcookie="…" istracking="False" />`, whose `pagingcookie` is itself a
+/// percent-encoded `<cookie page="1"><contactid last="{GUID}" first="{GUID}" /></cookie>` naming
+/// the primary keys of the previous page's last and first rows. The next page starts after `last`
+/// in primary-key order, so rows created or deleted between requests neither repeat nor shift
+/// other rows out of the listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCookie {
+    /// The page this cookie asks for (2 for the second).
+    pub page: usize,
+    /// Primary key of the previous page's last row.
+    pub last: Guid,
+    /// Primary key of the previous page's first row.
+    pub first: Guid,
+}
+
+impl PageCookie {
+    /// The `$skiptoken` value (not yet percent-encoded for the URL).
+    pub fn render(&self, primary_key: &str) -> String {
+        let inner = format!(
+            "<cookie page=\"{}\"><{primary_key} last=\"{{{}}}\" first=\"{{{}}}\" /></cookie>",
+            self.page - 1,
+            self.last.to_string().to_uppercase(),
+            self.first.to_string().to_uppercase(),
+        );
+        format!(
+            "<cookie pagenumber=\"{}\" pagingcookie=\"{}\" istracking=\"False\" />",
+            self.page,
+            percent_encode(&inner)
+        )
+    }
+
+    /// Reads a decoded `$skiptoken` value.
+    pub fn parse(value: &str, primary_key: &str) -> Result<Self, ApiError> {
+        let bad = || {
+            ApiError::BadUrl(format!(
+                "The $skiptoken '{value}' is not a paging cookie from a previous page."
+            ))
+        };
+        let page = attribute(value, "pagenumber")
+            .and_then(|p| p.parse::<usize>().ok())
+            .filter(|p| *p >= 2)
+            .ok_or_else(bad)?;
+        let inner = attribute(value, "pagingcookie").ok_or_else(bad)?;
+        let inner = percent_decode(inner, false).map_err(|_| bad())?;
+        let element = inner
+            .split_once(&format!("<{primary_key} "))
+            .map(|(_, rest)| rest)
+            .ok_or_else(bad)?;
+        let guid = |name: &str| {
+            attribute(element, name)
+                .map(|g| g.trim_start_matches('{').trim_end_matches('}'))
+                .and_then(Guid::parse)
+        };
+        let last = guid("last").ok_or_else(bad)?;
+        let first = guid("first").ok_or_else(bad)?;
+        Ok(PageCookie { page, last, first })
+    }
+}
+
+/// The value of `name="…"` in an XML-ish attribute list.
+fn attribute<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let start = text.find(&format!("{name}=\""))? + name.len() + 2;
+    let len = text[start..].find('"')?;
+    Some(&text[start..start + len])
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The decoded `name=value` pairs of a raw query string, in order.
@@ -594,6 +680,9 @@ pub fn parse_query(raw: Option<&str>, table: &Table) -> Result<QueryOptions, Api
                     };
                     options.orderby.push((column.to_owned(), descending));
                 }
+            }
+            "$skiptoken" => {
+                options.skiptoken = Some(PageCookie::parse(&value, &table.config.primary_key)?);
             }
             "$expand" | "$apply" | "$search" => {
                 return Err(ApiError::NotSupported(format!("The {name} query option")));
@@ -919,8 +1008,22 @@ pub fn compare_values(kind: ColumnType, a: &Value, b: &Value) -> Ordering {
     }
 }
 
-/// Runs a query: filter, order, count and top. Returns the rows and the count before `$top`.
-pub fn run_query<'t>(table: &'t Table, options: &QueryOptions) -> (Vec<&'t Row>, usize) {
+/// One page of a query's answer.
+#[derive(Debug)]
+pub struct Page<'t> {
+    /// The rows of this page.
+    pub rows: Vec<&'t Row>,
+    /// Every row matching the filter, for `@odata.count`.
+    pub total: usize,
+    /// Where the next page starts, when there are more rows (the `@odata.nextLink`).
+    pub next: Option<PageCookie>,
+}
+
+/// Runs a query: filter, order, count, `$top`, and paging. `page_size` is what the client asked
+/// for with `Prefer: odata.maxpagesize` (already bounded to [`MAX_PAGE_SIZE`]). With `$top` the
+/// answer is those rows and no next page; otherwise at most `page_size` rows (5000 by default),
+/// resuming after the `$skiptoken`'s last row, with a cookie for the next page when more remain.
+pub fn run_page<'t>(table: &'t Table, options: &QueryOptions, page_size: Option<usize>) -> Page<'t> {
     let mut rows: Vec<&Row> = table
         .rows()
         .filter(|row| options.filter.as_ref().is_none_or(|f| f.matches(table, row)))
@@ -939,9 +1042,46 @@ pub fn run_query<'t>(table: &'t Table, options: &QueryOptions) -> (Vec<&'t Row>,
         });
     }
     let total = rows.len();
-    // Dataverse returns at most 5000 rows per page.
-    rows.truncate(options.top.unwrap_or(5000).min(5000));
-    (rows, total)
+    if let Some(top) = options.top {
+        rows.truncate(top.min(MAX_PAGE_SIZE));
+        return Page {
+            rows,
+            total,
+            next: None,
+        };
+    }
+    let size = page_size.unwrap_or(MAX_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
+    let (page, start) = match &options.skiptoken {
+        None => (1, 0),
+        // Rows come in primary-key order: resume after the last one seen.
+        Some(cookie) if options.orderby.is_empty() => {
+            (cookie.page, rows.partition_point(|r| r.id <= cookie.last))
+        }
+        // Ordered by columns: the page number says how many rows came before.
+        Some(cookie) => (
+            cookie.page,
+            (cookie.page - 1).saturating_mul(size).min(rows.len()),
+        ),
+    };
+    let rest = rows.split_off(start);
+    let more = rest.len() > size;
+    let rows: Vec<&Row> = rest.into_iter().take(size).collect();
+    let next = match (more, rows.first(), rows.last()) {
+        (true, Some(first), Some(last)) => Some(PageCookie {
+            page: page + 1,
+            last: last.id,
+            first: first.id,
+        }),
+        _ => None,
+    };
+    Page { rows, total, next }
+}
+
+/// Runs a query and returns its first page's rows and the count before `$top`.
+#[cfg(test)]
+fn run_query<'t>(table: &'t Table, options: &QueryOptions) -> (Vec<&'t Row>, usize) {
+    let page = run_page(table, options, None);
+    (page.rows, page.total)
 }
 
 #[cfg(test)]
