@@ -35,16 +35,18 @@ pub struct ProvisionArgs {
     /// Only report what exists and what is missing; exit non-zero when the sink could not run.
     #[arg(long)]
     pub check: bool,
-    /// The publisher prefix of the columns to create. Default: the prefix of
-    /// `dataverse.alternate_key` (e.g. `new`).
-    #[arg(long, env = "SINK_PROVISION_PUBLISHER_PREFIX")]
+    /// The publisher prefix of the columns to create [setting `provision.publisher_prefix`;
+    /// default: the prefix of `dataverse.alternate_key`, e.g. `new`].
+    #[arg(long)]
     pub publisher_prefix: Option<String>,
-    /// How often the key's index status is read while it builds.
-    #[arg(long, env = "SINK_PROVISION_POLL_INTERVAL", default_value = "2s")]
-    pub poll_interval: HumanDuration,
-    /// How long to wait for the key's index at most (on a large table it can take hours).
-    #[arg(long, env = "SINK_PROVISION_TIMEOUT", default_value = "1h")]
-    pub timeout: HumanDuration,
+    /// How often the key's index status is read while it builds [setting
+    /// `provision.poll_interval`, default 2s].
+    #[arg(long)]
+    pub poll_interval: Option<HumanDuration>,
+    /// How long to wait for the key's index at most; on a large table it can take hours [setting
+    /// `provision.timeout`, default 1h].
+    #[arg(long)]
+    pub timeout: Option<HumanDuration>,
 }
 
 /// A column type the sink needs, and how provisioning creates it.
@@ -618,7 +620,13 @@ async fn read_until_read(transport: &Transport, entity_set: &str) -> anyhow::Res
 pub async fn run(config: SinkConfig, args: ProvisionArgs) -> anyhow::Result<ExitCode> {
     let connection = crate::connect(&config)?;
     let transport: Arc<Transport> = connection.transport;
-    let prefix = prefix(&config, args.publisher_prefix.as_deref())?;
+    let given = args
+        .publisher_prefix
+        .clone()
+        .or_else(|| config.provision.publisher_prefix.clone());
+    let prefix = prefix(&config, given.as_deref())?;
+    let poll_interval: Duration = args.poll_interval.unwrap_or(config.provision.poll_interval).into();
+    let timeout: Duration = args.timeout.unwrap_or(config.provision.timeout).into();
     let required = requirements(&config);
     let key_column = config.dataverse.alternate_key.clone();
     let entity_set = config.dataverse.table.clone();
@@ -664,7 +672,7 @@ pub async fn run(config: SinkConfig, args: ProvisionArgs) -> anyhow::Result<Exit
         }
         KeyState::Exists { schema_name, .. } => schema_name.clone(),
     };
-    wait_for_key(&transport, &entity_set, &key_column, &key_name, &args).await?;
+    wait_for_key(&transport, &entity_set, &key_column, &key_name, poll_interval, timeout).await?;
     println!("Done: the sink can run.");
     Ok(ExitCode::SUCCESS)
 }
@@ -675,10 +683,10 @@ async fn wait_for_key(
     entity_set: &str,
     key_column: &str,
     key_name: &str,
-    args: &ProvisionArgs,
+    poll_interval: Duration,
+    timeout: Duration,
 ) -> anyhow::Result<()> {
     let started = tokio::time::Instant::now();
-    let timeout: Duration = args.timeout.into();
     let mut last = String::new();
     loop {
         let schema = read_until_read(transport, entity_set).await?;
@@ -706,7 +714,7 @@ async fn wait_for_key(
             started.elapsed() < timeout,
             "the index of alternate key {key_name} is still {status} after {timeout:?} (--timeout); run provision again later, it picks up where it is"
         );
-        tokio::time::sleep(args.poll_interval.into()).await;
+        tokio::time::sleep(poll_interval).await;
     }
 }
 
