@@ -459,8 +459,7 @@ where
     F: FnOnce(S, TcpListener, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    main_with::<S, NoCommands, _, _, _, _>(about, run, |_, command| async move { match command {} })
-        .await
+    main_with::<S, NoCommands, _, _, _, _>(about, run, |_, command| async move { match command {} }).await
 }
 
 /// [`main`] for a stage with commands of its own: `X`'s subcommands sit beside `run`,

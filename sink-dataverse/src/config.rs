@@ -385,7 +385,10 @@ impl Settings for SinkConfig {
         }
         self.consumer.validate("consumer")?;
         if self.provision.poll_interval.0 < Duration::from_millis(10) {
-            return Err(ConfigError::invalid("provision.poll_interval", "must be at least 10ms"));
+            return Err(ConfigError::invalid(
+                "provision.poll_interval",
+                "must be at least 10ms",
+            ));
         }
         self.validate_dataverse()?;
         self.validate_columns()

@@ -115,15 +115,50 @@ pub fn requirements(config: &SinkConfig) -> Vec<Required> {
     let columns = Columns::from_config(config);
     let max_ids = u32::try_from(MAX_EVENT_IDS_LEN).unwrap_or(u32::MAX);
     let mut out = vec![
-        own(&columns.alternate_key, "dataverse.alternate_key", ColumnKind::Text(100), "Stripe customer id"),
-        own(&columns.created, "dataverse.created_column", ColumnKind::BigInt, "Stripe event time"),
-        own(&columns.rank, "dataverse.rank_column", ColumnKind::Integer, "Stripe event rank"),
-        own(&columns.event_ids, "dataverse.event_ids_column", ColumnKind::Text(max_ids), "Stripe event ids"),
-        own(&columns.deleted, "dataverse.deleted_column", ColumnKind::Boolean, "Stripe deleted"),
+        own(
+            &columns.alternate_key,
+            "dataverse.alternate_key",
+            ColumnKind::Text(100),
+            "Stripe customer id",
+        ),
+        own(
+            &columns.created,
+            "dataverse.created_column",
+            ColumnKind::BigInt,
+            "Stripe event time",
+        ),
+        own(
+            &columns.rank,
+            "dataverse.rank_column",
+            ColumnKind::Integer,
+            "Stripe event rank",
+        ),
+        own(
+            &columns.event_ids,
+            "dataverse.event_ids_column",
+            ColumnKind::Text(max_ids),
+            "Stripe event ids",
+        ),
+        own(
+            &columns.deleted,
+            "dataverse.deleted_column",
+            ColumnKind::Boolean,
+            "Stripe deleted",
+        ),
     ];
     if columns.delete_mode == DeleteMode::Deactivate {
-        out.push(own("statecode", "dataverse.delete_mode", ColumnKind::Standard("State"), "Status"));
-        out.push(own("statuscode", "dataverse.delete_mode", ColumnKind::Standard("Status"), "Status Reason"));
+        out.push(own(
+            "statecode",
+            "dataverse.delete_mode",
+            ColumnKind::Standard("State"),
+            "Status",
+        ));
+        out.push(own(
+            "statuscode",
+            "dataverse.delete_mode",
+            ColumnKind::Standard("Status"),
+            "Status Reason",
+        ));
     }
     for (field, column) in config.mapping.columns() {
         if column.is_empty() {
@@ -339,15 +374,24 @@ impl Plan {
             ]);
         }
         let (name, state) = match &self.key {
-            KeyState::Missing { schema_name } => (schema_name.clone(), "MISSING (provision creates it)".to_string()),
-            KeyState::Exists { schema_name, status } if status == "Active" => (schema_name.clone(), "present, Active".into()),
-            KeyState::Exists { schema_name, status } => (schema_name.clone(), format!("NOT ACTIVE ({status})")),
+            KeyState::Missing { schema_name } => {
+                (schema_name.clone(), "MISSING (provision creates it)".to_string())
+            }
+            KeyState::Exists { schema_name, status } if status == "Active" => {
+                (schema_name.clone(), "present, Active".into())
+            }
+            KeyState::Exists { schema_name, status } => {
+                (schema_name.clone(), format!("NOT ACTIVE ({status})"))
+            }
         };
         rows.push(["key".into(), name, format!("({})", self.key_column), state]);
         let widths: Vec<usize> = (0..3)
             .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
             .collect();
-        let mut out = format!("Dataverse table {} (publisher prefix {}_):\n", self.table, self.prefix);
+        let mut out = format!(
+            "Dataverse table {} (publisher prefix {}_):\n",
+            self.table, self.prefix
+        );
         for row in rows {
             let _ = writeln!(
                 out,
@@ -570,7 +614,11 @@ async fn send(transport: &Transport, op: Operation) -> anyhow::Result<crate::cli
         match transport.send_one(&op).await {
             Ok(answer) => return Ok(answer),
             Err(e @ (WriteError::Transient { .. } | WriteError::Throttled { .. })) if attempt < 8 => {
-                eprintln!("  {} {} failed ({e}); trying again in {delay:?}", op.method.as_str(), op.path);
+                eprintln!(
+                    "  {} {} failed ({e}); trying again in {delay:?}",
+                    op.method.as_str(),
+                    op.path
+                );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
@@ -625,7 +673,10 @@ pub async fn run(config: SinkConfig, args: ProvisionArgs) -> anyhow::Result<Exit
         .clone()
         .or_else(|| config.provision.publisher_prefix.clone());
     let prefix = prefix(&config, given.as_deref())?;
-    let poll_interval: Duration = args.poll_interval.unwrap_or(config.provision.poll_interval).into();
+    let poll_interval: Duration = args
+        .poll_interval
+        .unwrap_or(config.provision.poll_interval)
+        .into();
     let timeout: Duration = args.timeout.unwrap_or(config.provision.timeout).into();
     let required = requirements(&config);
     let key_column = config.dataverse.alternate_key.clone();
@@ -660,19 +711,38 @@ pub async fn run(config: SinkConfig, args: ProvisionArgs) -> anyhow::Result<Exit
         post(&transport, format!("{base}/Attributes"), column_body(required))
             .await
             .with_context(|| format!("creating column {}", required.column))?;
-        println!("created column {} ({}) for {}", required.column, required.kind.describe(), required.setting);
+        println!(
+            "created column {} ({}) for {}",
+            required.column,
+            required.kind.describe(),
+            required.setting
+        );
     }
     let key_name = match &plan.key {
         KeyState::Missing { schema_name } => {
-            post(&transport, format!("{base}/Keys"), key_body(schema_name, &key_column))
-                .await
-                .with_context(|| format!("creating alternate key {schema_name}"))?;
-            println!("created alternate key {schema_name} ({key_column}); Dataverse builds its index in the background");
+            post(
+                &transport,
+                format!("{base}/Keys"),
+                key_body(schema_name, &key_column),
+            )
+            .await
+            .with_context(|| format!("creating alternate key {schema_name}"))?;
+            println!(
+                "created alternate key {schema_name} ({key_column}); Dataverse builds its index in the background"
+            );
             schema_name.clone()
         }
         KeyState::Exists { schema_name, .. } => schema_name.clone(),
     };
-    wait_for_key(&transport, &entity_set, &key_column, &key_name, poll_interval, timeout).await?;
+    wait_for_key(
+        &transport,
+        &entity_set,
+        &key_column,
+        &key_name,
+        poll_interval,
+        timeout,
+    )
+    .await?;
     println!("Done: the sink can run.");
     Ok(ExitCode::SUCCESS)
 }
@@ -778,7 +848,10 @@ mod tests {
     #[test]
     fn the_requirements_come_from_the_configuration() {
         let mut config = SinkConfig::default();
-        config.mapping.metadata.insert("segment".into(), "new_segment".into());
+        config
+            .mapping
+            .metadata
+            .insert("segment".into(), "new_segment".into());
         config.mapping.description = String::new();
         let required = requirements(&config);
         let find = |c: &str| required.iter().find(|r| r.column == c).cloned();
@@ -816,7 +889,10 @@ mod tests {
         assert!(!plan.ready());
         assert!(plan.problems().is_empty());
         let table = plan.render();
-        assert!(table.contains("new_stripeeventcreated") && table.contains("MISSING"), "{table}");
+        assert!(
+            table.contains("new_stripeeventcreated") && table.contains("MISSING"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -850,8 +926,16 @@ mod tests {
         let plan = plan_for(&config, &schema(&attributes, vec![key("Active")]));
         let problems = plan.problems();
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("custom_phone") && p.contains("`new_`") && p.contains("mapping.phone")));
-        assert!(problems.iter().any(|p| p.contains("new_stripeeventcreated") && p.contains("BigInt")));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("custom_phone") && p.contains("`new_`") && p.contains("mapping.phone"))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("new_stripeeventcreated") && p.contains("BigInt"))
+        );
         assert!(plan.to_create().is_empty());
     }
 
@@ -863,7 +947,12 @@ mod tests {
         assert!(prefix(&config, Some("1x")).is_err());
         let mut bare = SinkConfig::default();
         bare.dataverse.alternate_key = "stripeid".into();
-        assert!(prefix(&bare, None).unwrap_err().to_string().contains("--publisher-prefix"));
+        assert!(
+            prefix(&bare, None)
+                .unwrap_err()
+                .to_string()
+                .contains("--publisher-prefix")
+        );
     }
 
     #[test]
@@ -881,8 +970,16 @@ mod tests {
 
     #[test]
     fn bodies_follow_microsofts_examples() {
-        let boolean = column_body(&own("new_stripedeleted", "s", ColumnKind::Boolean, "Stripe deleted"));
-        assert_eq!(boolean["@odata.type"], "Microsoft.Dynamics.CRM.BooleanAttributeMetadata");
+        let boolean = column_body(&own(
+            "new_stripedeleted",
+            "s",
+            ColumnKind::Boolean,
+            "Stripe deleted",
+        ));
+        assert_eq!(
+            boolean["@odata.type"],
+            "Microsoft.Dynamics.CRM.BooleanAttributeMetadata"
+        );
         assert_eq!(boolean["OptionSet"]["TrueOption"]["Value"], 1);
         let text = column_body(&own("new_x", "s", ColumnKind::Text(100), "X"));
         assert_eq!(text["MaxLength"], 100);

@@ -43,8 +43,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 pub use config::{
-    AlternateKeyConfig, ColumnConfig, ColumnType, Config, FaultConfig, ForceThrottle, LatencyConfig,
-    KeyIndexConfig, LimitsConfig, Secret, TableConfig, ThrottleKind,
+    AlternateKeyConfig, ColumnConfig, ColumnType, Config, FaultConfig, ForceThrottle, KeyIndexConfig,
+    LatencyConfig, LimitsConfig, Secret, TableConfig, ThrottleKind,
 };
 pub use error::ApiError;
 

@@ -337,7 +337,10 @@ fn shown_definition(definition: &Map<String, Value>, table: &Table, options: &Op
             DefinitionPart::Attributes => "Attributes",
             DefinitionPart::Keys => "Keys",
         };
-        out.insert(name.to_owned(), Value::Array(shown(part_items(table, *part), nested)));
+        out.insert(
+            name.to_owned(),
+            Value::Array(shown(part_items(table, *part), nested)),
+        );
     }
     out
 }
@@ -462,9 +465,9 @@ pub fn read_part(
             DefinitionPart::Keys => "entity key",
         };
         return Err(ApiError::DefinitionNotFound(match item {
-            DefinitionKey::LogicalName(name) => format!(
-                "Could not find {what} with name '{name}' on entity '{logical}'."
-            ),
+            DefinitionKey::LogicalName(name) => {
+                format!("Could not find {what} with name '{name}' on entity '{logical}'.")
+            }
             DefinitionKey::MetadataId(id) => {
                 format!("Could not find {what} with id '{id}' on entity '{logical}'.")
             }

@@ -153,7 +153,8 @@ fn parse_definition_part(table: DefinitionKey, after: &str) -> Result<Resource, 
     let item = if rest.is_empty() {
         None
     } else {
-        let close = matching_paren(rest).ok_or_else(|| syntax_error(format!("unbalanced key in '{segment}'.")))?;
+        let close =
+            matching_paren(rest).ok_or_else(|| syntax_error(format!("unbalanced key in '{segment}'.")))?;
         if !rest[close + 1..].is_empty() {
             return Err(ApiError::NotSupported(format!(
                 "The path segment '{}' after a column or key definition",
@@ -374,11 +375,15 @@ pub fn parse_key(inner: &str, table: &Table) -> Result<Target, ApiError> {
     names.sort_unstable();
     // Only a key whose index is built can name a row; one still building is not part of the service
     // model yet, and Dataverse refuses it like any other column that is not a key.
-    let key = config.alternate_keys.iter().enumerate().position(|(k, alternate)| {
-        let mut columns: Vec<&str> = alternate.columns.iter().map(String::as_str).collect();
-        columns.sort_unstable();
-        columns == names && table.key_active(k)
-    });
+    let key = config
+        .alternate_keys
+        .iter()
+        .enumerate()
+        .position(|(k, alternate)| {
+            let mut columns: Vec<&str> = alternate.columns.iter().map(String::as_str).collect();
+            columns.sort_unstable();
+            columns == names && table.key_active(k)
+        });
     let Some(key) = key else {
         return Err(ApiError::InvalidKey {
             entity: config.logical_name.clone(),

@@ -129,8 +129,9 @@ pub struct KeyIndexTiming {
 /// A GUID derived from a name, shaped as version 4: the same name always gets the same id.
 pub fn stable_id(name: &str) -> Guid {
     let hash = |seed: u64| {
-        name.bytes()
-            .fold(seed, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+        name.bytes().fold(seed, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
     };
     Guid::version4((u128::from(hash(0xcbf2_9ce4_8422_2325)) << 64) | u128::from(hash(0x8422_2325_cbf2_9ce4)))
 }
@@ -247,7 +248,10 @@ pub fn attribute_json(
         ),
         ("IsValidForCreate", Value::Bool(!system && !computed)),
         ("IsValidForRead", Value::Bool(true)),
-        ("IsValidForUpdate", Value::Bool(!system && !computed && !primary_id)),
+        (
+            "IsValidForUpdate",
+            Value::Bool(!system && !computed && !primary_id),
+        ),
         (
             "RequiredLevel",
             json!({
@@ -362,9 +366,7 @@ pub fn parse_new_column(body: &Map<String, Value>) -> Result<NewColumn, ApiError
             )));
         }
         other => {
-            return Err(invalid(format!(
-                "'{other}' is not an attribute metadata type."
-            )));
+            return Err(invalid(format!("'{other}' is not an attribute metadata type.")));
         }
     };
     if let Some(given) = body.get("AttributeType").and_then(Value::as_str)
@@ -527,7 +529,10 @@ mod tests {
     #[test]
     fn bad_bodies_are_refused_with_the_reason() {
         for (input, needle) in [
-            (json!({"SchemaName": "new_A", "DisplayName": display("A")}), "@odata.type"),
+            (
+                json!({"SchemaName": "new_A", "DisplayName": display("A")}),
+                "@odata.type",
+            ),
             (
                 json!({"@odata.type": "Microsoft.Dynamics.CRM.StringAttributeMetadata", "SchemaName": "nounderscore", "DisplayName": display("A")}),
                 "customization prefix",
@@ -549,7 +554,9 @@ mod tests {
             assert!(err.to_string().contains(needle), "{input}: {err}");
         }
         assert!(matches!(
-            parse_new_column(&body(json!({"@odata.type": "Microsoft.Dynamics.CRM.LookupAttributeMetadata", "SchemaName": "new_A", "DisplayName": display("A")}))),
+            parse_new_column(&body(
+                json!({"@odata.type": "Microsoft.Dynamics.CRM.LookupAttributeMetadata", "SchemaName": "new_A", "DisplayName": display("A")})
+            )),
             Err(ApiError::NotSupported(_))
         ));
     }
@@ -563,8 +570,10 @@ mod tests {
         })))
         .expect("valid");
         assert_eq!(key.columns, vec!["new_stripecustomerid".to_owned()]);
-        let err = parse_new_key(&body(json!({"SchemaName": "new_k", "DisplayName": display("K"), "KeyAttributes": []})))
-            .expect_err("no columns");
+        let err = parse_new_key(&body(
+            json!({"SchemaName": "new_k", "DisplayName": display("K"), "KeyAttributes": []}),
+        ))
+        .expect_err("no columns");
         assert!(err.to_string().contains("KeyAttributes"), "{err}");
     }
 
@@ -581,12 +590,21 @@ mod tests {
             ..KeyState::configured("contact", "new_k")
         };
         assert_eq!(key.due(start, &timing), KeyStatus::Pending);
-        assert_eq!(key.due(start + Duration::from_millis(1500), &timing), KeyStatus::InProgress);
-        assert_eq!(key.due(start + Duration::from_secs(3), &timing), KeyStatus::Active);
+        assert_eq!(
+            key.due(start + Duration::from_millis(1500), &timing),
+            KeyStatus::InProgress
+        );
+        assert_eq!(
+            key.due(start + Duration::from_secs(3), &timing),
+            KeyStatus::Active
+        );
         let failed = KeyState {
             status: KeyStatus::Failed,
             ..key
         };
-        assert_eq!(failed.due(start + Duration::from_secs(9), &timing), KeyStatus::Failed);
+        assert_eq!(
+            failed.due(start + Duration::from_secs(9), &timing),
+            KeyStatus::Failed
+        );
     }
 }

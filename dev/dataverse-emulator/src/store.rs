@@ -609,7 +609,9 @@ impl Store {
 
     /// The table whose entity has this logical name, for a metadata change.
     pub fn table_by_logical_name_mut(&mut self, logical: &str) -> Option<&mut Table> {
-        self.tables.values_mut().find(|t| t.config.logical_name == logical)
+        self.tables
+            .values_mut()
+            .find(|t| t.config.logical_name == logical)
     }
 
     /// Moves every key's index job on to `now`.
@@ -834,7 +836,12 @@ impl Store {
                 table.meta.insert(name, meta);
             }
             for (key, mut state) in definitions.keys {
-                if let Some(k) = table.config.alternate_keys.iter().position(|c| c.name == key.name) {
+                if let Some(k) = table
+                    .config
+                    .alternate_keys
+                    .iter()
+                    .position(|c| c.name == key.name)
+                {
                     table.keys[k].id = state.id;
                     continue;
                 }
@@ -1144,5 +1151,53 @@ mod tests {
                 .version
                 > 1001
         );
+    }
+
+    #[test]
+    fn columns_and_keys_created_at_run_time_survive_a_snapshot() {
+        let config = Config {
+            tables: vec![TableConfig::bare_contacts()],
+            ..Config::default()
+        };
+        let mut s = Store::new(&config);
+        let table = s.table_by_logical_name_mut("contact").expect("contact");
+        let column = crate::schema::parse_new_column(&body(json!({
+            "@odata.type": "Microsoft.Dynamics.CRM.StringAttributeMetadata",
+            "SchemaName": "new_Code",
+            "DisplayName": {"LocalizedLabels": [{"Label": "Code", "LanguageCode": 1033}]},
+        })))
+        .expect("column");
+        table.add_column(column).expect("added");
+        let long_ago = Instant::now() - std::time::Duration::from_secs(60);
+        table
+            .add_key(
+                NewKey {
+                    schema_name: "new_code_key".into(),
+                    display_name: "Code".into(),
+                    columns: vec!["new_code".into()],
+                },
+                long_ago,
+            )
+            .expect("key");
+        s.advance_keys(Instant::now());
+        let mut undo = Vec::new();
+        s.create("contacts", body(json!({"new_code": "a1"})), &mut undo)
+            .expect("row");
+        let snapshot: StoreSnapshot = serde_json::from_value(s.snapshot_json()).expect("snapshot");
+        let mut restored = Store::new(&config);
+        restored.restore(snapshot).expect("restore");
+        let table = restored.table("contacts").expect("table");
+        assert_eq!(table.column_meta("new_code").schema_name, "new_Code");
+        assert!(table.key_active(0), "{:?}", table.key_states());
+        let row = restored
+            .retrieve(
+                "contacts",
+                &Target::Key {
+                    key: 0,
+                    values: vec![json!("A1")],
+                },
+            )
+            .expect("found by the restored key");
+        assert_eq!(row.values["new_code"], "a1");
     }
 }

@@ -25,9 +25,11 @@ async fn an_outage_delays_writes_but_drops_nothing() {
     // down before the changes arrive: the sink retries them.
     let config = env.config(&t, &emu);
     let sink = Sink::start(config.clone()).await;
-    harness::wait_until("the start-up checks answered", crate::support::DEADLINE, || async {
-        (admin.stats().await["requests_by_status"]["200"].as_u64() >= Some(2)).then_some(())
-    })
+    harness::wait_until(
+        "the start-up checks answered",
+        crate::support::DEADLINE,
+        || async { (admin.stats().await["requests_by_status"]["200"].as_u64() >= Some(2)).then_some(()) },
+    )
     .await
     .unwrap();
     admin.set_faults(json!({"error_rate": 1.0})).await;

@@ -12,7 +12,12 @@ use serde_json::Value;
 use crate::support::{DEADLINE, Env, TENANT, assert_contact, upsert};
 
 /// The environment a `sink-dataverse` process needs for this emulator.
-fn sink_env(env: &Env, t: &crate::support::Topics, emulator: &str, listen: SocketAddr) -> Vec<(String, String)> {
+fn sink_env(
+    env: &Env,
+    t: &crate::support::Topics,
+    emulator: &str,
+    listen: SocketAddr,
+) -> Vec<(String, String)> {
     [
         ("KAFKA_BOOTSTRAP_SERVERS", env.env.broker.bootstrap_servers()),
         ("SCHEMA_REGISTRY_URL", env.env.registry.url()),
@@ -21,7 +26,10 @@ fn sink_env(env: &Env, t: &crate::support::Topics, emulator: &str, listen: Socke
         ("SINK_INPUT_TOPIC", t.input.clone()),
         ("SINK_DLQ_TOPIC", t.dlq.clone()),
         ("SINK_DATAVERSE__ENVIRONMENT_URL", emulator.to_string()),
-        ("SINK_DATAVERSE__TOKEN_URL", format!("{emulator}/{TENANT}/oauth2/v2.0/token")),
+        (
+            "SINK_DATAVERSE__TOKEN_URL",
+            format!("{emulator}/{TENANT}/oauth2/v2.0/token"),
+        ),
         ("SINK_DATAVERSE__CLIENT_ID", "sink-dataverse".into()),
         ("SINK_DATAVERSE__CLIENT_SECRET", "local-secret".into()),
         ("SINK_CONSUMER__LAG_INTERVAL", "200ms".into()),
@@ -54,7 +62,12 @@ async fn sink_command(env: &[(String, String)], args: &[&str]) -> (Output, Strin
 }
 
 async fn admin(emulator: &str, path: &str) -> Value {
-    reqwest::get(format!("{emulator}{path}")).await.unwrap().json().await.unwrap()
+    reqwest::get(format!("{emulator}{path}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// The columns and keys the emulator answers, as a token-holding client reads them.
@@ -127,8 +140,14 @@ async fn provision_creates_what_the_sink_needs_and_the_sink_then_runs() {
     ] {
         assert!(text.contains(column), "{column} in {text}");
     }
-    assert!(text.contains("MISSING") && text.contains("The sink cannot run"), "{text}");
-    assert_eq!(admin(&emulator_url, "/_admin/stats").await["definitions_created"], 0);
+    assert!(
+        text.contains("MISSING") && text.contains("The sink cannot run"),
+        "{text}"
+    );
+    assert_eq!(
+        admin(&emulator_url, "/_admin/stats").await["definitions_created"],
+        0
+    );
 
     // The sink refuses to start, naming the missing column and pointing to provision.
     let (output, text) = sink_command(&process_env, &[]).await;
@@ -142,29 +161,49 @@ async fn provision_creates_what_the_sink_needs_and_the_sink_then_runs() {
     // provision creates everything, shows progress and waits for the key.
     let (output, text) = sink_command(&process_env, &["provision"]).await;
     assert!(output.status.success(), "{text}");
-    assert!(text.contains("created column new_stripeeventcreated (BigInt)"), "{text}");
-    assert!(text.contains("created alternate key new_stripecustomerid_key"), "{text}");
+    assert!(
+        text.contains("created column new_stripeeventcreated (BigInt)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("created alternate key new_stripecustomerid_key"),
+        "{text}"
+    );
     let pending = text.find("key new_stripecustomerid_key: Pending").expect(&text);
     let active = text.find("key new_stripecustomerid_key: Active").expect(&text);
     assert!(pending < active, "{text}");
-    assert_eq!(admin(&emulator_url, "/_admin/stats").await["definitions_created"], 6);
+    assert_eq!(
+        admin(&emulator_url, "/_admin/stats").await["definitions_created"],
+        6
+    );
 
     // --check passes now.
     let (output, text) = sink_command(&process_env, &["provision", "--check"]).await;
     assert!(output.status.success(), "{text}");
-    assert!(text.contains("Nothing missing") && !text.contains("MISSING"), "{text}");
+    assert!(
+        text.contains("Nothing missing") && !text.contains("MISSING"),
+        "{text}"
+    );
 
     // A second provision changes nothing.
     let before = definitions(&emulator_url).await;
     let (output, text) = sink_command(&process_env, &["provision"]).await;
     assert!(output.status.success(), "{text}");
     assert!(text.contains("Nothing to change"), "{text}");
-    assert!(!text.contains("created column") && !text.contains("created alternate key"), "{text}");
-    assert_eq!(admin(&emulator_url, "/_admin/stats").await["definitions_created"], 6);
+    assert!(
+        !text.contains("created column") && !text.contains("created alternate key"),
+        "{text}"
+    );
+    assert_eq!(
+        admin(&emulator_url, "/_admin/stats").await["definitions_created"],
+        6
+    );
     assert_eq!(definitions(&emulator_url).await, before);
 
     // The sink starts and writes a contact.
-    let _sink = Service::start("sink-dataverse", &[], &process_env, listen).await.unwrap();
+    let _sink = Service::start("sink-dataverse", &[], &process_env, listen)
+        .await
+        .unwrap();
     let change = upsert("cus_provisioned", 1_760_000_000, "Grace");
     env.produce(&t.input, std::slice::from_ref(&change)).await;
     let row = wait_until("the contact to be written", DEADLINE, || async {

@@ -12,10 +12,7 @@ use crate::support::{Env, eventually, header, odata_error};
 fn bare(pending_ms: u64, build_ms: u64) -> Config {
     Config {
         tables: vec![TableConfig::bare_contacts()],
-        key_index: KeyIndexConfig {
-            pending_ms,
-            build_ms,
-        },
+        key_index: KeyIndexConfig { pending_ms, build_ms },
         ..Config::default()
     }
 }
@@ -55,10 +52,15 @@ async fn columns_are_created_once_and_listed_with_their_type() {
         .iter()
         .filter_map(|a| a["LogicalName"].as_str())
         .collect();
-    assert!(names.contains(&"firstname") && names.contains(&"contactid"), "{listed}");
+    assert!(
+        names.contains(&"firstname") && names.contains(&"contactid"),
+        "{listed}"
+    );
     assert!(!names.contains(&"new_stripecustomerid"), "bare: {listed}");
 
-    let response = env.post(ATTRIBUTES, string_column("new_StripeCustomerId", 100)).await;
+    let response = env
+        .post(ATTRIBUTES, string_column("new_StripeCustomerId", 100))
+        .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     let entity_id = header(&response, "odata-entityid");
     assert!(
@@ -77,10 +79,18 @@ async fn columns_are_created_once_and_listed_with_their_type() {
     assert_eq!(one["SchemaName"], "new_StripeCustomerId");
     assert_eq!(one["AttributeType"], "String");
     assert_eq!(one["MaxLength"], 100);
-    assert_eq!(one["@odata.type"], "#Microsoft.Dynamics.CRM.StringAttributeMetadata");
-    assert!(entity_id.contains(one["MetadataId"].as_str().unwrap()), "{entity_id} {one}");
+    assert_eq!(
+        one["@odata.type"],
+        "#Microsoft.Dynamics.CRM.StringAttributeMetadata"
+    );
+    assert!(
+        entity_id.contains(one["MetadataId"].as_str().unwrap()),
+        "{entity_id} {one}"
+    );
 
-    let again = env.post(ATTRIBUTES, string_column("new_StripeCustomerId", 100)).await;
+    let again = env
+        .post(ATTRIBUTES, string_column("new_StripeCustomerId", 100))
+        .await;
     let (code, message) = odata_error(again, StatusCode::BAD_REQUEST).await;
     assert_eq!(code, "0x80047013");
     assert!(message.contains("already exists"), "{message}");
@@ -107,7 +117,9 @@ async fn a_key_builds_in_the_background_and_upserts_wait_for_it() {
     let (code, message) = odata_error(response, StatusCode::BAD_REQUEST).await;
     assert_eq!(code, "0x80060888");
     assert!(
-        message.starts_with("The key in the request URI is not valid for resource 'Microsoft.Dynamics.CRM.contact'"),
+        message.starts_with(
+            "The key in the request URI is not valid for resource 'Microsoft.Dynamics.CRM.contact'"
+        ),
         "{message}"
     );
 
@@ -118,10 +130,15 @@ async fn a_key_builds_in_the_background_and_upserts_wait_for_it() {
         )
         .await;
     let (_, message) = odata_error(over_nothing, StatusCode::BAD_REQUEST).await;
-    assert!(message.contains("new_stripecustomerid") && message.contains("does not exist"), "{message}");
+    assert!(
+        message.contains("new_stripecustomerid") && message.contains("does not exist"),
+        "{message}"
+    );
 
     assert_eq!(
-        env.post(ATTRIBUTES, string_column("new_stripecustomerid", 100)).await.status(),
+        env.post(ATTRIBUTES, string_column("new_stripecustomerid", 100))
+            .await
+            .status(),
         StatusCode::NO_CONTENT
     );
     let created = env
@@ -144,7 +161,10 @@ async fn a_key_builds_in_the_background_and_upserts_wait_for_it() {
         (key_status(&env).await == "Active").then_some(())
     })
     .await;
-    assert_eq!(env.patch(upsert, json!({"firstname": "Ada"})).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        env.patch(upsert, json!({"firstname": "Ada"})).await.status(),
+        StatusCode::NO_CONTENT
+    );
     let row: Value = env.get(upsert).await.json().await.unwrap();
     assert_eq!(row["firstname"], "Ada");
 
@@ -159,12 +179,17 @@ async fn a_key_builds_in_the_background_and_upserts_wait_for_it() {
 
 async fn key_status(env: &Env) -> String {
     let body: Value = env
-        .get(&format!("{KEYS}?$select=SchemaName,KeyAttributes,EntityKeyIndexStatus"))
+        .get(&format!(
+            "{KEYS}?$select=SchemaName,KeyAttributes,EntityKeyIndexStatus"
+        ))
         .await
         .json()
         .await
         .unwrap();
-    body["value"][0]["EntityKeyIndexStatus"].as_str().unwrap().to_owned()
+    body["value"][0]["EntityKeyIndexStatus"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -200,7 +225,10 @@ async fn the_default_contacts_table_lists_its_active_key_and_expands_in_one_read
         .unwrap();
     let contact = &body["value"][0];
     assert_eq!(contact["LogicalName"], "contact", "{body}");
-    assert_eq!(contact["Keys"][0]["KeyAttributes"], json!(["new_stripecustomerid"]));
+    assert_eq!(
+        contact["Keys"][0]["KeyAttributes"],
+        json!(["new_stripecustomerid"])
+    );
     assert_eq!(contact["Keys"][0]["EntityKeyIndexStatus"], "Active");
     let created = contact["Attributes"]
         .as_array()
@@ -209,5 +237,8 @@ async fn the_default_contacts_table_lists_its_active_key_and_expands_in_one_read
         .find(|a| a["LogicalName"] == "new_stripeeventcreated")
         .expect("listed");
     assert_eq!(created["AttributeType"], "BigInt");
-    assert!(created.get("SchemaName").is_none(), "only the selected: {created}");
+    assert!(
+        created.get("SchemaName").is_none(),
+        "only the selected: {created}"
+    );
 }
