@@ -411,15 +411,15 @@ fn progress_check(status: Arc<OnceLock<LoopStatus>>, health: Health, stall_after
 }
 
 #[derive(Debug, Parser)]
-struct StageCli {
+struct StageCli<X: Subcommand> {
     #[command(flatten)]
     config: ConfigArgs,
     #[command(subcommand)]
-    command: Option<StageCommand>,
+    command: Option<StageCommand<X>>,
 }
 
 #[derive(Debug, Subcommand)]
-enum StageCommand {
+enum StageCommand<X: Subcommand> {
     /// Consume and process until SIGINT or SIGTERM (the default).
     Run,
     /// Print the effective configuration as TOML, secrets masked, and exit.
@@ -429,6 +429,37 @@ enum StageCommand {
     Replay(ReplayArgs),
     /// Inspect the stage's dead letters and send them back to the topic they came from.
     Dlq(crate::dlq_admin::DlqArgs),
+    /// The stage's own commands (see [`main_with`]).
+    #[command(flatten)]
+    Extra(X),
+}
+
+/// The extra commands of a stage that has none.
+#[derive(Debug, Clone, Copy)]
+pub enum NoCommands {}
+
+impl FromArgMatches for NoCommands {
+    fn from_arg_matches(_: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))
+    }
+
+    fn update_from_arg_matches(&mut self, _: &clap::ArgMatches) -> Result<(), clap::Error> {
+        match *self {}
+    }
+}
+
+impl Subcommand for NoCommands {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        cmd
+    }
+
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        cmd
+    }
+
+    fn has_subcommand(_: &str) -> bool {
+        false
+    }
 }
 
 /// Parses the command line and runs the chosen command; `run` is the stage's library entry point.
@@ -439,7 +470,22 @@ where
     F: FnOnce(S, TcpListener, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let command = StageCli::command()
+    main_with::<S, NoCommands, _, _, _, _>(about, run, |_, command| async move { match command {} }).await
+}
+
+/// [`main`] for a stage with commands of its own: `X`'s subcommands sit beside `run`,
+/// `print-config` and `replay`, and `extra` runs them with the loaded settings (telemetry set
+/// up), its exit code becoming the process's.
+pub async fn main_with<S, X, F, Fut, G, GFut>(about: &'static str, run: F, extra: G) -> ExitCode
+where
+    S: ConsumingStage,
+    X: Subcommand,
+    F: FnOnce(S, TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+    G: FnOnce(S, X) -> GFut,
+    GFut: Future<Output = anyhow::Result<ExitCode>>,
+{
+    let command = StageCli::<X>::command()
         .name(S::NAME)
         .about(about)
         .long_about(format!(
@@ -448,12 +494,12 @@ where
             S::ENV_PREFIX
         ))
         .version(env!("CARGO_PKG_VERSION"));
-    let cli = match StageCli::from_arg_matches(&command.get_matches()) {
+    let cli = match StageCli::<X>::from_arg_matches(&command.get_matches()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    match dispatch::<S, F, Fut>(cli, run).await {
-        Ok(()) => ExitCode::SUCCESS,
+    match dispatch::<S, X, F, Fut, G, GFut>(cli, run, extra).await {
+        Ok(code) => code,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "{} failed", S::NAME);
             eprintln!("{}: {e:#}", S::NAME);
@@ -462,17 +508,26 @@ where
     }
 }
 
-async fn dispatch<S, F, Fut>(cli: StageCli, run: F) -> anyhow::Result<()>
+async fn dispatch<S, X, F, Fut, G, GFut>(cli: StageCli<X>, run: F, extra: G) -> anyhow::Result<ExitCode>
 where
     S: ConsumingStage,
+    X: Subcommand,
     F: FnOnce(S, TcpListener, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
+    G: FnOnce(S, X) -> GFut,
+    GFut: Future<Output = anyhow::Result<ExitCode>>,
 {
     let settings: S = config::load(&cli.config)?;
     match cli.command.unwrap_or(StageCommand::Run) {
+        StageCommand::Extra(command) => {
+            let telemetry = crate::telemetry::init(S::NAME, settings.telemetry())?;
+            let code = extra(settings, command).await;
+            telemetry.shutdown();
+            code
+        }
         StageCommand::PrintConfig => {
             print!("{}", config::render(&settings));
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         StageCommand::Replay(args) => {
             let _telemetry = crate::telemetry::init(S::NAME, settings.telemetry())?;
@@ -482,9 +537,12 @@ where
             .await
             .context("replay task failed")?
             .context("replay")?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        StageCommand::Dlq(args) => crate::dlq_admin::run(&settings, args).await,
+        StageCommand::Dlq(args) => {
+            crate::dlq_admin::run(&settings, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         StageCommand::Run => {
             let telemetry = crate::telemetry::init(S::NAME, settings.telemetry())?;
             let addr = settings.listen();
@@ -495,7 +553,7 @@ where
             println!("{} ops listening on http://{}", S::NAME, listener.local_addr()?);
             let result = run(settings, listener, crate::shutdown::on_signal()).await;
             telemetry.shutdown();
-            result
+            result.map(|()| ExitCode::SUCCESS)
         }
     }
 }

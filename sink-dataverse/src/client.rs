@@ -37,14 +37,16 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     Get,
+    Post,
     Patch,
     Delete,
 }
 
 impl Method {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Method::Get => "GET",
+            Method::Post => "POST",
             Method::Patch => "PATCH",
             Method::Delete => "DELETE",
         }
@@ -53,6 +55,7 @@ impl Method {
     fn reqwest(self) -> reqwest::Method {
         match self {
             Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
             Method::Patch => reqwest::Method::PATCH,
             Method::Delete => reqwest::Method::DELETE,
         }
@@ -415,6 +418,49 @@ impl Transport {
             })
             .collect();
         Some(answers)
+    }
+
+    /// Sends one operation on its own, under the shared limiter (a command's request, such as a
+    /// metadata change, rather than a record's).
+    pub async fn send_one(&self, op: &Operation) -> Result<Answer, WriteError> {
+        let permit = self.limiter.acquire().await;
+        self.single(op, &permit, &operation_span(op)).await
+    }
+
+    /// A GET outside the limiter, for start-up checks: the body of a 2xx answer, or why not
+    /// (refused: the configuration is wrong; unavailable: may clear, including a 429).
+    pub async fn fetch(&self, path: &str) -> Result<Vec<u8>, ProbeError> {
+        let (status, body) = self.get_unlimited(path).await?;
+        match status {
+            200..=299 => Ok(body),
+            401 | 408 | 409 | 429 | 500..=599 => Err(ProbeError::Unavailable(
+                classify(status, &body, false).to_string(),
+            )),
+            _ => Err(ProbeError::Refused(classify(status, &body, false).to_string())),
+        }
+    }
+
+    async fn get_unlimited(&self, path: &str) -> Result<(u16, Vec<u8>), ProbeError> {
+        let token = self.tokens.token().await.map_err(|e| match e {
+            AuthError::Refused { .. } => ProbeError::Refused(e.to_string()),
+            AuthError::Unavailable(_) => ProbeError::Unavailable(e.to_string()),
+        })?;
+        let url = self.url(path);
+        let response = self
+            .request(reqwest::Method::GET, &url)
+            .bearer_auth(&*token)
+            .send()
+            .await
+            .map_err(|e| ProbeError::Unavailable(describe(&e)))?;
+        let status = response.status().as_u16();
+        if status == 401 {
+            self.tokens.reject(&token);
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ProbeError::Unavailable(describe(&e)))?;
+        Ok((status, body.to_vec()))
     }
 
     /// A GET outside the limiter, for readiness and start-up checks: the answer status and the

@@ -67,6 +67,31 @@ pub struct SinkConfig {
     pub produce_timeout: HumanDuration,
     /// Consumer loop tuning.
     pub consumer: ConsumerSettings,
+    /// `sink-dataverse provision`.
+    pub provision: ProvisionSettings,
+}
+
+/// How `sink-dataverse provision` creates the columns and key (its flags override these).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvisionSettings {
+    /// Publisher prefix of the columns created (`SINK_PROVISION__PUBLISHER_PREFIX`). Default: the
+    /// prefix of `dataverse.alternate_key` (`new`).
+    pub publisher_prefix: Option<String>,
+    /// How often the key's index status is read while it builds. Default `2s`.
+    pub poll_interval: HumanDuration,
+    /// How long to wait for the key's index at most. Default `1h`.
+    pub timeout: HumanDuration,
+}
+
+impl Default for ProvisionSettings {
+    fn default() -> Self {
+        ProvisionSettings {
+            publisher_prefix: None,
+            poll_interval: HumanDuration::secs(2),
+            timeout: HumanDuration::secs(3600),
+        }
+    }
 }
 
 impl Default for SinkConfig {
@@ -91,6 +116,7 @@ impl Default for SinkConfig {
             throttle: ThrottleSettings::default(),
             produce_timeout: HumanDuration::secs(30),
             consumer: ConsumerSettings::default(),
+            provision: ProvisionSettings::default(),
         }
     }
 }
@@ -358,6 +384,12 @@ impl Settings for SinkConfig {
             return Err(ConfigError::invalid("produce_timeout", "must be at least 100ms"));
         }
         self.consumer.validate("consumer")?;
+        if self.provision.poll_interval.0 < Duration::from_millis(10) {
+            return Err(ConfigError::invalid(
+                "provision.poll_interval",
+                "must be at least 10ms",
+            ));
+        }
         self.validate_dataverse()?;
         self.validate_columns()
     }

@@ -16,6 +16,8 @@
 //! * [`rate`] — the throttling policy (Retry-After pauses, halving, ramp-up, dop hint). Pure core.
 //! * [`auth`] — OAuth 2.0 client credentials, cached and renewed.
 //! * [`batch`], [`odata`], [`error`] — wire formats and the error classification. Pure.
+//! * [`provision`] — `sink-dataverse provision`: the columns and alternate key the configuration
+//!   needs, created through the metadata API, and the same check at start-up.
 //! * [`config`], [`metrics`] — settings and the stage's Prometheus metrics (the loop's own, lag
 //!   included, come from `common`).
 //!
@@ -33,6 +35,7 @@ pub mod handler;
 pub mod mapping;
 pub mod metrics;
 pub mod odata;
+pub mod provision;
 pub mod rate;
 
 use std::{sync::Arc, time::Duration};
@@ -60,13 +63,61 @@ use crate::{
 /// wiring): checks the Dataverse configuration, then consumes. On shutdown, in-flight writes get
 /// `consumer.shutdown_grace` to finish, exactly what is finished is committed, and the call
 /// returns. Fails at start-up when Dataverse or the token endpoint definitely refuses the
-/// configuration (wrong table, columns, credentials); outages at start-up are only logged, and
-/// writes wait for them to end.
+/// configuration (wrong table, credentials) or the table lacks a column or the alternate key the
+/// configuration needs (naming it, and pointing to `sink-dataverse provision`); while Dataverse is
+/// unreachable or the key's index is still building, start-up waits and retries.
 pub async fn run(
     config: SinkConfig,
     ops_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Connection {
+        metrics,
+        registry,
+        tokens,
+        transport,
+    } = connect(&config)?;
+    let dv = &config.dataverse;
+    let columns = Columns::from_config(&config);
+    let checks = readiness_checks(&tokens, &transport, &columns);
+    tracing::info!(environment = %dv.environment(), table = %columns.table, "sink-dataverse starting");
+
+    let config = &config;
+    stage::run_consuming(config, registry, checks, ops_listener, shutdown, move |startup| async move {
+        startup
+            .retry("checking the Dataverse columns and alternate key", |_| {
+                provision::startup_check(&transport, config)
+            })
+            .await?;
+        check_dataverse(&transport, &columns).await?;
+        let codec = schemas::Codec::new(&config.registry.codec_config()).context("schema registry settings")?;
+        let dataverse = Batcher::start(transport, config.batch_size, config.linger.into(), startup.fatal.clone());
+        tracing::info!(group = %config.group, topic = %config.input_topic, dlq = %config.dlq_topic(), "sink-dataverse started");
+        Ok::<_, StartError>(SinkHandler {
+            codec,
+            contacts: Arc::new(ContactStore::new(dataverse, columns.clone())),
+            columns,
+            dead_letters: startup.dead_letters,
+            dlq_topic: config.dlq_topic(),
+            group: config.group.clone(),
+            metrics,
+            health: startup.health,
+            backoff: config.backoff.clone(),
+        })
+    })
+    .await
+}
+
+/// What talking to Dataverse takes: the HTTP client with its tokens, limiter and metrics.
+pub struct Connection {
+    pub metrics: Metrics,
+    pub registry: prometheus_client::registry::Registry,
+    pub tokens: Arc<TokenSource>,
+    pub transport: Arc<Transport>,
+}
+
+/// Builds the HTTP client, token source, limiter and transport of a configuration.
+pub fn connect(config: &SinkConfig) -> anyhow::Result<Connection> {
     let (metrics, registry) = Metrics::new();
     let request_timeout: Duration = config.request_timeout.into();
     let http = reqwest::Client::builder()
@@ -101,29 +152,12 @@ pub async fn run(
             max_retry_after: config.throttle.max_retry_after.into(),
         },
     ));
-    let columns = Columns::from_config(&config);
-    let checks = readiness_checks(&tokens, &transport, &columns);
-    tracing::info!(environment = %dv.environment(), table = %columns.table, "sink-dataverse starting");
-
-    let config = &config;
-    stage::run_consuming(config, registry, checks, ops_listener, shutdown, move |startup| async move {
-        check_dataverse(&transport, &columns).await?;
-        let codec = schemas::Codec::new(&config.registry.codec_config()).context("schema registry settings")?;
-        let dataverse = Batcher::start(transport, config.batch_size, config.linger.into(), startup.fatal.clone());
-        tracing::info!(group = %config.group, topic = %config.input_topic, dlq = %config.dlq_topic(), "sink-dataverse started");
-        Ok::<_, StartError>(SinkHandler {
-            codec,
-            contacts: Arc::new(ContactStore::new(dataverse, columns.clone())),
-            columns,
-            dead_letters: startup.dead_letters,
-            dlq_topic: config.dlq_topic(),
-            group: config.group.clone(),
-            metrics,
-            health: startup.health,
-            backoff: config.backoff.clone(),
-        })
+    Ok(Connection {
+        metrics,
+        registry,
+        tokens,
+        transport,
     })
-    .await
 }
 
 /// The probe path: one row of the table, only the given columns.

@@ -68,12 +68,14 @@ pub struct Writes {
     pub updated: u64,
     /// Rows deleted.
     pub deleted: u64,
+    /// Columns and keys created through the metadata API.
+    pub definitions: u64,
 }
 
 impl Writes {
-    /// Whether anything changed.
+    /// Whether anything changed (and must be persisted).
     pub fn any(&self) -> bool {
-        self.records() > 0
+        self.records() > 0 || self.definitions > 0
     }
 
     /// Rows written, at least 1: what an operation costs in execution time (a bulk action pays for
@@ -213,6 +215,8 @@ pub fn execute(
     request: &Request<'_>,
     undo: &mut Vec<Undo>,
 ) -> Result<Outcome, ApiError> {
+    // Key index jobs run in the background in Dataverse: here they catch up before each operation.
+    store.advance_keys(std::time::Instant::now());
     let resource = odata::parse_path(request.path, store)?;
     let method = request.method;
     let plain = |response: ApiResponse| Outcome {
@@ -244,7 +248,7 @@ pub fn execute(
             let writes = Writes {
                 created: done.created,
                 updated: done.updated,
-                deleted: 0,
+                ..Writes::default()
             };
             let response = if action == BulkAction::Create {
                 let ids: Vec<String> = done.ids.iter().map(ToString::to_string).collect();
@@ -269,6 +273,32 @@ pub fn execute(
                 Some(key) => metadata::retrieve(store, ctx.base_url, &key, request.query)?,
             };
             Ok(plain(response))
+        }
+        Resource::DefinitionPart { table, part, item } if method == Method::GET => Ok(plain(
+            metadata::read_part(store, ctx.base_url, &table, part, item.as_ref(), request.query)?,
+        )),
+        Resource::DefinitionPart {
+            table,
+            part,
+            item: None,
+        } if method == Method::POST => {
+            let body = json_body(request, "EntityDefinitions")?;
+            let response = metadata::create_part(
+                store,
+                ctx.base_url,
+                &table,
+                part,
+                &body,
+                std::time::Instant::now(),
+            )?;
+            Ok(Outcome {
+                response,
+                writes: Writes {
+                    definitions: 1,
+                    ..Writes::default()
+                },
+                entity_path: None,
+            })
         }
         Resource::Metadata => Err(ApiError::NotSupported("The $metadata document".to_owned())),
         Resource::Batch => Err(ApiError::MalformedBatch(

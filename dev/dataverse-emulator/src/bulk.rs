@@ -198,6 +198,9 @@ fn resolve_target(
         }
     }
     for (key, alternate) in config.alternate_keys.iter().enumerate() {
+        if !table.key_active(key) {
+            continue;
+        }
         let values: Option<Vec<Value>> = alternate
             .columns
             .iter()

@@ -35,6 +35,28 @@ pub struct Config {
     pub persist_path: Option<PathBuf>,
     /// Largest accepted request body in bytes; larger bodies get 413. Default 16 MiB.
     pub max_body_bytes: usize,
+    /// How long the index of an alternate key created through `POST …/Keys` takes to build.
+    pub key_index: KeyIndexConfig,
+}
+
+/// The background index job of a new alternate key: `Pending` for `pending_ms`, then `InProgress` for
+/// `build_ms`, then `Active` (or `Failed` when existing rows share key values).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyIndexConfig {
+    /// Time in `Pending`, in milliseconds. Default 1000.
+    pub pending_ms: u64,
+    /// Time in `InProgress`, in milliseconds. Default 2000.
+    pub build_ms: u64,
+}
+
+impl Default for KeyIndexConfig {
+    fn default() -> Self {
+        Self {
+            pending_ms: 1000,
+            build_ms: 2000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -50,6 +72,7 @@ impl Default for Config {
             faults: FaultConfig::default(),
             persist_path: None,
             max_body_bytes: 16 * 1024 * 1024,
+            key_index: KeyIndexConfig::default(),
         }
     }
 }
@@ -213,6 +236,16 @@ impl TableConfig {
             }],
             computed,
         }
+    }
+
+    /// The `contacts` table as a fresh environment has it: [`TableConfig::contacts`] without the
+    /// Stripe columns the sink uses and without the alternate key, for provisioning them through the
+    /// metadata API.
+    pub fn bare_contacts() -> Self {
+        let mut table = Self::contacts();
+        table.columns.retain(|name, _| !name.starts_with("new_"));
+        table.alternate_keys.clear();
+        table
     }
 
     fn validate(&self, at: &str) -> anyhow::Result<()> {
@@ -415,7 +448,8 @@ impl ColumnType {
         }
     }
 
-    fn can_be_key(self) -> bool {
+    /// Whether an alternate key may hold a column of this type.
+    pub fn can_be_key(self) -> bool {
         !matches!(self, Self::Memo | Self::Boolean)
     }
 

@@ -48,6 +48,14 @@ pub enum ApiError {
     /// No table definition with this logical name or `MetadataId`.
     #[error("{0}")]
     DefinitionNotFound(String),
+    /// `POST …/Attributes` with a name the table already has (`DuplicateAttributeSchemaName`).
+    #[error("An attribute with the specified name already exists. Attribute: {0}")]
+    DuplicateAttribute(String),
+    /// A key segment naming columns that are not an active alternate key of the table.
+    #[error(
+        "The key in the request URI is not valid for resource 'Microsoft.Dynamics.CRM.{entity}'. Ensure that the names and number of key properties match the declared or alternate key properties for the resource 'Microsoft.Dynamics.CRM.{entity}'."
+    )]
+    InvalidKey { entity: String },
     /// No row with this primary key.
     #[error("{entity} With Id = {id} Does Not Exist")]
     RowNotFound { entity: String, id: String },
@@ -127,6 +135,8 @@ impl ApiError {
             ResourceNotFound(_) => (StatusCode::NOT_FOUND, "0x80060888"),
             RowNotFound { .. } | KeyNotFound { .. } => (StatusCode::NOT_FOUND, "0x80040217"),
             DefinitionNotFound(_) => (StatusCode::NOT_FOUND, "0x80041102"),
+            DuplicateAttribute(_) => (StatusCode::BAD_REQUEST, "0x80047013"),
+            InvalidKey { .. } => (StatusCode::BAD_REQUEST, "0x80060888"),
             DuplicateKey { .. } => (StatusCode::PRECONDITION_FAILED, "0x80060892"),
             DuplicateId | AlreadyExists => (StatusCode::PRECONDITION_FAILED, "0x80040237"),
             VersionMismatch => (StatusCode::PRECONDITION_FAILED, "0x80060882"),

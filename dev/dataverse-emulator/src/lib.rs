@@ -10,7 +10,8 @@
 //! * `batch` — the `multipart/mixed` batch format: parsing, URL and `Content-ID` resolution, rendering.
 //! * `api` — one Web API operation against the store, with the documented answers.
 //! * `bulk` — `CreateMultiple`, `UpdateMultiple` and `UpsertMultiple`, each one transaction.
-//! * `metadata` — table definitions (`EntityDefinitions`) answered from the configured tables.
+//! * `metadata` — table definitions (`EntityDefinitions`, their `Attributes` and `Keys`), read and created.
+//! * `schema` — column and key metadata that changes at run time, and the key index jobs.
 //! * `odata` — URL parsing: key segments, `$select`/`$filter`/`$top`/`$count`/`$orderby`.
 //! * `store` — tables, rows, alternate-key indexes, row versions and the write rules, with undo.
 //! * `auth`, `limits`, `faults`, `stats`, `persist` — tokens, service protection, fault injection,
@@ -32,6 +33,7 @@ mod metadata;
 mod odata;
 mod persist;
 mod response;
+mod schema;
 mod server;
 mod stats;
 mod store;
@@ -41,8 +43,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 pub use config::{
-    AlternateKeyConfig, ColumnConfig, ColumnType, Config, FaultConfig, ForceThrottle, LatencyConfig,
-    LimitsConfig, Secret, TableConfig, ThrottleKind,
+    AlternateKeyConfig, ColumnConfig, ColumnType, Config, FaultConfig, ForceThrottle, KeyIndexConfig,
+    LatencyConfig, LimitsConfig, Secret, TableConfig, ThrottleKind,
 };
 pub use error::ApiError;
 

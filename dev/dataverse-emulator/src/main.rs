@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use dataverse_emulator::{Config, Secret};
+use dataverse_emulator::{Config, Secret, TableConfig};
 
 /// A local emulator of the Microsoft Dataverse Web API (tokens, tables, $batch, throttling, faults).
 #[derive(Debug, Parser)]
@@ -50,6 +50,16 @@ struct Args {
     /// Fraction of Web API requests answered 500/503 [default: 0].
     #[arg(long, env = "DATAVERSE_EMULATOR_ERROR_RATE")]
     error_rate: Option<f64>,
+    /// Serve the contacts table without the sink's Stripe columns and alternate key, as a fresh
+    /// environment has it, for `sink-dataverse provision` to create them.
+    #[arg(long, env = "DATAVERSE_EMULATOR_BARE_CONTACTS")]
+    bare_contacts: bool,
+    /// How long a key created through the metadata API stays Pending, in milliseconds [default: 1000].
+    #[arg(long, env = "DATAVERSE_EMULATOR_KEY_PENDING_MS")]
+    key_pending_ms: Option<u64>,
+    /// How long its index then builds (InProgress), in milliseconds [default: 2000].
+    #[arg(long, env = "DATAVERSE_EMULATOR_KEY_BUILD_MS")]
+    key_build_ms: Option<u64>,
     /// Fraction of Web API requests whose connection is dropped [default: 0].
     #[arg(long, env = "DATAVERSE_EMULATOR_DROP_RATE")]
     drop_rate: Option<f64>,
@@ -88,6 +98,19 @@ impl Args {
         }
         if let Some(rate) = self.error_rate {
             config.faults.error_rate = rate;
+        }
+        if self.bare_contacts {
+            for table in &mut config.tables {
+                if table.entity_set == "contacts" {
+                    *table = TableConfig::bare_contacts();
+                }
+            }
+        }
+        if let Some(ms) = self.key_pending_ms {
+            config.key_index.pending_ms = ms;
+        }
+        if let Some(ms) = self.key_build_ms {
+            config.key_index.build_ms = ms;
         }
         if let Some(rate) = self.drop_rate {
             config.faults.drop_rate = rate;

@@ -8,9 +8,10 @@ use serde_json::{Map, Value, json};
 
 use crate::config::TableConfig;
 use crate::error::ApiError;
-use crate::odata::{DefinitionKey, query_pairs, select_list, unsupported_option};
+use crate::odata::{DefinitionKey, DefinitionPart, query_pairs, select_list, unsupported_option};
 use crate::response::ApiResponse;
-use crate::store::Store;
+use crate::schema;
+use crate::store::{Store, Table};
 use crate::values::Guid;
 
 /// The `EntityMetadata` properties the emulator serves, in the order a full answer lists them.
@@ -136,45 +137,116 @@ fn definition(table: &TableConfig) -> Map<String, Value> {
     values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
-fn unknown_property(name: &str) -> ApiError {
+/// A metadata entity type: its name in errors and the properties served.
+#[derive(Debug, Clone, Copy)]
+struct Kind {
+    entity: &'static str,
+    properties: &'static [&'static str],
+}
+
+const ENTITY: Kind = Kind {
+    entity: "EntityMetadata",
+    properties: PROPERTIES,
+};
+const ATTRIBUTE: Kind = Kind {
+    entity: "AttributeMetadata",
+    properties: schema::ATTRIBUTE_PROPERTIES,
+};
+const KEY: Kind = Kind {
+    entity: "EntityKeyMetadata",
+    properties: schema::KEY_PROPERTIES,
+};
+
+fn unknown_property(kind: Kind, name: &str) -> ApiError {
     ApiError::UnknownProperty {
-        entity: "EntityMetadata".to_owned(),
+        entity: kind.entity.to_owned(),
         column: name.to_owned(),
     }
 }
 
-/// `$select` and `$filter` of a definitions query.
+/// `$select`, `$filter` and (on table definitions) `$expand` of a definitions query.
 #[derive(Debug, Default)]
 struct Options {
     select: Option<Vec<String>>,
     filter: Option<Expr>,
+    /// `$expand=Attributes($select=…),Keys(…)`: the collections to include, with their own options.
+    expand: Vec<(DefinitionPart, Options)>,
 }
 
-fn parse_options(raw: Option<&str>) -> Result<Options, ApiError> {
+fn parse_select(kind: Kind, value: &str) -> Result<Vec<String>, ApiError> {
+    select_list(value, |property| {
+        if kind.properties.contains(&property) {
+            Ok(())
+        } else {
+            Err(unknown_property(kind, property))
+        }
+    })
+}
+
+fn parse_options(kind: Kind, raw: Option<&str>) -> Result<Options, ApiError> {
     let mut options = Options::default();
     for (name, value) in query_pairs(raw)? {
         match name.as_str() {
-            "$select" => {
-                let names = select_list(&value, |property| {
-                    if PROPERTIES.contains(&property) {
-                        Ok(())
-                    } else {
-                        Err(unknown_property(property))
-                    }
-                })?;
-                options.select = Some(names);
-            }
-            "$filter" => options.filter = Some(parse_filter(&value)?),
+            "$select" => options.select = Some(parse_select(kind, &value)?),
+            "$filter" => options.filter = Some(parse_filter(kind, &value)?),
+            "$expand" if kind.entity == ENTITY.entity => options.expand = parse_expand(&value)?,
             "$expand" => {
-                return Err(ApiError::NotSupported(
-                    "The $expand query option on EntityDefinitions".to_owned(),
-                ));
+                return Err(ApiError::NotSupported(format!(
+                    "The $expand query option on {}",
+                    kind.entity
+                )));
             }
             other if other.starts_with('$') => return Err(unsupported_option(other)),
             _ => {}
         }
     }
     Ok(options)
+}
+
+/// `Attributes($select=LogicalName;$filter=…),Keys`: items split on top-level commas, nested options
+/// on `;`.
+fn parse_expand(value: &str) -> Result<Vec<(DefinitionPart, Options)>, ApiError> {
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    let mut pieces = Vec::new();
+    for (i, c) in value.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                pieces.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    pieces.push(&value[start..]);
+    for piece in pieces {
+        let piece = piece.trim();
+        let (name, nested) = match piece.find('(') {
+            Some(open) if piece.ends_with(')') => (&piece[..open], &piece[open + 1..piece.len() - 1]),
+            _ => (piece, ""),
+        };
+        let (part, kind) = match name.trim() {
+            "Attributes" => (DefinitionPart::Attributes, ATTRIBUTE),
+            "Keys" => (DefinitionPart::Keys, KEY),
+            other => {
+                return Err(ApiError::NotSupported(format!(
+                    "$expand of '{other}' on EntityDefinitions"
+                )));
+            }
+        };
+        let mut options = Options::default();
+        for option in nested.split(';').map(str::trim).filter(|o| !o.is_empty()) {
+            match option.split_once('=') {
+                Some(("$select", v)) => options.select = Some(parse_select(kind, v)?),
+                Some(("$filter", v)) => options.filter = Some(parse_filter(kind, v)?),
+                _ => return Err(unsupported_option(option)),
+            }
+        }
+        items.push((part, options));
+    }
+    Ok(items)
 }
 
 /// The answer's view of one definition: the selected properties (all without `$select`), and always
@@ -199,23 +271,89 @@ fn context(base: &str, select: Option<&[String]>, entity: bool) -> String {
     format!("{base}$metadata#EntityDefinitions{columns}{suffix}")
 }
 
-fn definitions(store: &Store) -> Vec<Map<String, Value>> {
+fn definitions(store: &Store) -> Vec<(Map<String, Value>, &Table)> {
     store
         .entity_sets()
         .filter_map(|set| store.table(set).ok())
-        .map(|table| definition(&table.config))
+        .map(|table| (definition(&table.config), table))
         .collect()
 }
 
-/// `GET EntityDefinitions[?$filter=…&$select=…]`: every matching definition, no paging; a filter that
-/// names no configured table answers an empty `value`.
+/// Every column's `AttributeMetadata`.
+fn attributes(table: &Table) -> Vec<Map<String, Value>> {
+    table
+        .attributes()
+        .into_iter()
+        .map(|(name, kind)| {
+            schema::attribute_json(
+                &table.config,
+                &name,
+                kind,
+                table.config.columns.get(&name),
+                &table.column_meta(&name),
+            )
+        })
+        .collect()
+}
+
+/// Every key's `EntityKeyMetadata`.
+fn keys(table: &Table) -> Vec<Map<String, Value>> {
+    table
+        .config
+        .alternate_keys
+        .iter()
+        .zip(table.key_states())
+        .map(|(key, state)| schema::key_json(&table.config, &key.columns, state))
+        .collect()
+}
+
+fn part_items(table: &Table, part: DefinitionPart) -> Vec<Map<String, Value>> {
+    match part {
+        DefinitionPart::Attributes => attributes(table),
+        DefinitionPart::Keys => keys(table),
+    }
+}
+
+/// A collection's items as an answer shows them: filtered, projected (`@odata.type` kept).
+fn shown(items: Vec<Map<String, Value>>, options: &Options) -> Vec<Value> {
+    items
+        .iter()
+        .filter(|d| options.filter.as_ref().is_none_or(|f| f.matches(d)))
+        .map(|d| {
+            let mut out = project(d, options.select.as_deref());
+            if let Some(t) = d.get("@odata.type") {
+                out.insert("@odata.type".into(), t.clone());
+            }
+            Value::Object(out)
+        })
+        .collect()
+}
+
+/// One definition as an answer shows it, with its expanded collections.
+fn shown_definition(definition: &Map<String, Value>, table: &Table, options: &Options) -> Map<String, Value> {
+    let mut out = project(definition, options.select.as_deref());
+    for (part, nested) in &options.expand {
+        let name = match part {
+            DefinitionPart::Attributes => "Attributes",
+            DefinitionPart::Keys => "Keys",
+        };
+        out.insert(
+            name.to_owned(),
+            Value::Array(shown(part_items(table, *part), nested)),
+        );
+    }
+    out
+}
+
+/// `GET EntityDefinitions[?$filter=…&$select=…&$expand=…]`: every matching definition, no paging; a
+/// filter that names no configured table answers an empty `value`.
 pub fn query(store: &Store, base: &str, raw_query: Option<&str>) -> Result<ApiResponse, ApiError> {
-    let options = parse_options(raw_query)?;
+    let options = parse_options(ENTITY, raw_query)?;
     let select = options.select.as_deref();
     let values: Vec<Value> = definitions(store)
         .iter()
-        .filter(|d| options.filter.as_ref().is_none_or(|f| f.matches(d)))
-        .map(|d| Value::Object(project(d, select)))
+        .filter(|(d, _)| options.filter.as_ref().is_none_or(|f| f.matches(d)))
+        .map(|(d, table)| Value::Object(shown_definition(d, table, &options)))
         .collect();
     let body = json!({ "@odata.context": context(base, select, false), "value": values });
     Ok(ApiResponse::odata(http::StatusCode::OK).odata_json(&body))
@@ -229,27 +367,18 @@ pub fn retrieve(
     key: &DefinitionKey,
     raw_query: Option<&str>,
 ) -> Result<ApiResponse, ApiError> {
-    let options = parse_options(raw_query)?;
+    let options = parse_options(ENTITY, raw_query)?;
     if options.filter.is_some() {
         return Err(ApiError::BadUrl(
             "The query option $filter cannot be applied to a single entity.".to_owned(),
         ));
     }
-    let found = definitions(store).into_iter().find(|d| match key {
+    let found = definitions(store).into_iter().find(|(d, _)| match key {
         DefinitionKey::LogicalName(name) => d["LogicalName"].as_str() == Some(name.as_str()),
         DefinitionKey::MetadataId(id) => d["MetadataId"].as_str().and_then(Guid::parse) == Some(*id),
     });
-    let Some(found) = found else {
-        return Err(ApiError::DefinitionNotFound(match key {
-            DefinitionKey::LogicalName(name) => {
-                format!(
-                    "The entity with a name = '{name}' with namemapping = 'Logical' was not found in the MetadataCache."
-                )
-            }
-            DefinitionKey::MetadataId(id) => {
-                format!("The entity with a id = '{id}' was not found in the MetadataCache.")
-            }
-        }));
+    let Some((found, table)) = found else {
+        return Err(entity_not_found(key));
     };
     let select = options.select.as_deref();
     let mut body = Map::new();
@@ -257,8 +386,132 @@ pub fn retrieve(
         "@odata.context".to_owned(),
         Value::String(context(base, select, true)),
     );
-    body.extend(project(&found, select));
+    body.extend(shown_definition(&found, table, &options));
     Ok(ApiResponse::odata(http::StatusCode::OK).odata_json(&Value::Object(body)))
+}
+
+fn entity_not_found(key: &DefinitionKey) -> ApiError {
+    ApiError::DefinitionNotFound(match key {
+        DefinitionKey::LogicalName(name) => format!(
+            "The entity with a name = '{name}' with namemapping = 'Logical' was not found in the MetadataCache."
+        ),
+        DefinitionKey::MetadataId(id) => {
+            format!("The entity with a id = '{id}' was not found in the MetadataCache.")
+        }
+    })
+}
+
+/// The table a definition key names.
+fn table_of<'s>(store: &'s Store, key: &DefinitionKey) -> Result<&'s Table, ApiError> {
+    let found = match key {
+        DefinitionKey::LogicalName(name) => store.table_by_logical_name(name),
+        DefinitionKey::MetadataId(id) => store
+            .entity_sets()
+            .filter_map(|s| store.table(s).ok())
+            .find(|t| Guid::parse(&metadata_id(&t.config.logical_name)) == Some(*id)),
+    };
+    found.ok_or_else(|| entity_not_found(key))
+}
+
+fn part_name(part: DefinitionPart) -> &'static str {
+    match part {
+        DefinitionPart::Attributes => "Attributes",
+        DefinitionPart::Keys => "Keys",
+    }
+}
+
+/// `GET EntityDefinitions(…)/Attributes[(…)]` or `…/Keys[(…)]`, with `$select` and `$filter`.
+pub fn read_part(
+    store: &Store,
+    base: &str,
+    table: &DefinitionKey,
+    part: DefinitionPart,
+    item: Option<&DefinitionKey>,
+    raw_query: Option<&str>,
+) -> Result<ApiResponse, ApiError> {
+    let kind = match part {
+        DefinitionPart::Attributes => ATTRIBUTE,
+        DefinitionPart::Keys => KEY,
+    };
+    let options = parse_options(kind, raw_query)?;
+    let found = table_of(store, table)?;
+    let logical = &found.config.logical_name;
+    let items = part_items(found, part);
+    let columns = options
+        .select
+        .as_ref()
+        .map(|s| format!("({})", s.join(",")))
+        .unwrap_or_default();
+    let context = format!(
+        "{base}$metadata#EntityDefinitions('{logical}')/{}{columns}",
+        part_name(part)
+    );
+    let Some(item) = item else {
+        let body = json!({ "@odata.context": context, "value": shown(items, &options) });
+        return Ok(ApiResponse::odata(http::StatusCode::OK).odata_json(&body));
+    };
+    if options.filter.is_some() {
+        return Err(ApiError::BadUrl(
+            "The query option $filter cannot be applied to a single entity.".to_owned(),
+        ));
+    }
+    let one = items.into_iter().find(|d| match item {
+        DefinitionKey::LogicalName(name) => d["LogicalName"].as_str() == Some(name.as_str()),
+        DefinitionKey::MetadataId(id) => d["MetadataId"].as_str().and_then(Guid::parse) == Some(*id),
+    });
+    let Some(one) = one else {
+        let what = match part {
+            DefinitionPart::Attributes => "attribute",
+            DefinitionPart::Keys => "entity key",
+        };
+        return Err(ApiError::DefinitionNotFound(match item {
+            DefinitionKey::LogicalName(name) => {
+                format!("Could not find {what} with name '{name}' on entity '{logical}'.")
+            }
+            DefinitionKey::MetadataId(id) => {
+                format!("Could not find {what} with id '{id}' on entity '{logical}'.")
+            }
+        }));
+    };
+    let mut body = Map::new();
+    body.insert(
+        "@odata.context".into(),
+        Value::String(format!("{context}/$entity")),
+    );
+    let mut values = shown(vec![one], &options);
+    if let Some(Value::Object(map)) = values.pop() {
+        body.extend(map);
+    }
+    Ok(ApiResponse::odata(http::StatusCode::OK).odata_json(&Value::Object(body)))
+}
+
+/// `POST EntityDefinitions(…)/Attributes` or `…/Keys`: creates a column (at once) or a key (its index
+/// built in the background), answering 204 with `OData-EntityId` naming it, as documented.
+pub fn create_part(
+    store: &mut Store,
+    base: &str,
+    table: &DefinitionKey,
+    part: DefinitionPart,
+    body: &Map<String, Value>,
+    now: std::time::Instant,
+) -> Result<ApiResponse, ApiError> {
+    let logical = table_of(store, table)?.config.logical_name.clone();
+    let target = store
+        .table_by_logical_name_mut(&logical)
+        .ok_or_else(|| entity_not_found(table))?;
+    let id = match part {
+        DefinitionPart::Attributes => target.add_column(schema::parse_new_column(body)?)?,
+        DefinitionPart::Keys => target.add_key(schema::parse_new_key(body)?, now)?,
+    };
+    let mut response = ApiResponse::odata(http::StatusCode::NO_CONTENT);
+    response.push(
+        http::HeaderName::from_static("odata-entityid"),
+        &format!(
+            "{base}EntityDefinitions(LogicalName='{logical}')/{}({id})",
+            part_name(part)
+        ),
+    );
+    Ok(response)
 }
 
 /// The `$filter` subset metadata queries use: `eq`/`ne` comparisons of a property with a literal
@@ -379,9 +632,9 @@ fn lex(text: &str) -> Result<Vec<Token>, ApiError> {
     Ok(tokens)
 }
 
-fn parse_filter(text: &str) -> Result<Expr, ApiError> {
+fn parse_filter(kind: Kind, text: &str) -> Result<Expr, ApiError> {
     let tokens = lex(text)?;
-    let mut parser = Parser { tokens, at: 0 };
+    let mut parser = Parser { tokens, at: 0, kind };
     let expr = parser.or()?;
     if parser.at != parser.tokens.len() {
         return Err(filter_error(format!("unexpected token in '{text}'.")));
@@ -392,6 +645,7 @@ fn parse_filter(text: &str) -> Result<Expr, ApiError> {
 struct Parser {
     tokens: Vec<Token>,
     at: usize,
+    kind: Kind,
 }
 
 impl Parser {
@@ -434,8 +688,8 @@ impl Parser {
                 }
             }
             Some(Token::Word(property)) => {
-                if !PROPERTIES.contains(&property.as_str()) {
-                    return Err(unknown_property(&property));
+                if !self.kind.properties.contains(&property.as_str()) {
+                    return Err(unknown_property(self.kind, &property));
                 }
                 let equal = match self.next() {
                     Some(Token::Word(op)) if op == "eq" => true,
@@ -485,7 +739,7 @@ mod tests {
     #[test]
     fn filters_compare_properties_with_literals_and_enums() {
         let d = contacts();
-        let check = |text: &str| parse_filter(text).expect(text).matches(&d);
+        let check = |text: &str| parse_filter(ENTITY, text).expect(text).matches(&d);
         assert!(check("LogicalName eq 'contact'"));
         assert!(!check("LogicalName eq 'account'"));
         assert!(check("LogicalName eq 'account' or EntitySetName eq 'contacts'"));
@@ -495,10 +749,13 @@ mod tests {
         assert!(check("not (IsCustomEntity eq true) and ObjectTypeCode eq 2"));
         assert!(check("LogicalName ne 'o''brien'"));
         assert!(matches!(
-            parse_filter("Nope eq 'x'"),
+            parse_filter(ENTITY, "Nope eq 'x'"),
             Err(ApiError::UnknownProperty { .. })
         ));
-        assert!(matches!(parse_filter("LogicalName eq"), Err(ApiError::BadUrl(_))));
+        assert!(matches!(
+            parse_filter(ENTITY, "LogicalName eq"),
+            Err(ApiError::BadUrl(_))
+        ));
     }
 
     #[test]

@@ -46,6 +46,13 @@ pub enum Resource {
     BulkAction { set: String, action: BulkAction },
     /// Table definitions: `EntityDefinitions`, or one of them with `key`.
     EntityDefinitions { key: Option<DefinitionKey> },
+    /// A table's columns or keys: `EntityDefinitions(LogicalName='contact')/Attributes`, or one of
+    /// them with `item` (`Attributes(LogicalName='x')`, `Keys(<MetadataId>)`).
+    DefinitionPart {
+        table: DefinitionKey,
+        part: DefinitionPart,
+        item: Option<DefinitionKey>,
+    },
     /// One column of one row: `contacts(<key>)/lastname`.
     Property {
         set: String,
@@ -96,6 +103,69 @@ pub enum DefinitionKey {
     MetadataId(Guid),
 }
 
+/// The collections under a table definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefinitionPart {
+    /// `Attributes`: `AttributeMetadata`.
+    Attributes,
+    /// `Keys`: `EntityKeyMetadata`.
+    Keys,
+}
+
+/// Parses `(LogicalName='x')` or `(<MetadataId>)`.
+fn parse_definition_key(inner: &str, whole: &str) -> Result<DefinitionKey, ApiError> {
+    let bad_key = || {
+        syntax_error(format!(
+            "'{whole}' is not a valid key; use (LogicalName='<name>') or (<MetadataId>)."
+        ))
+    };
+    let (name, value) = inner.split_once('=').unwrap_or(("", inner));
+    match name.trim() {
+        "LogicalName" => {
+            let value = value.trim();
+            let text = value
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .ok_or_else(bad_key)?;
+            Ok(DefinitionKey::LogicalName(text.replace("''", "'")))
+        }
+        "" | "MetadataId" => Ok(DefinitionKey::MetadataId(
+            Guid::parse(value.trim()).ok_or_else(bad_key)?,
+        )),
+        _ => Err(bad_key()),
+    }
+}
+
+/// Parses what follows a table definition's key: `/Attributes`, `/Keys`, optionally with one item.
+fn parse_definition_part(table: DefinitionKey, after: &str) -> Result<Resource, ApiError> {
+    let segment = after.trim_start_matches('/');
+    let name_end = segment.find('(').unwrap_or(segment.len());
+    let part = match &segment[..name_end] {
+        "Attributes" => DefinitionPart::Attributes,
+        "Keys" => DefinitionPart::Keys,
+        other => {
+            return Err(ApiError::NotSupported(format!(
+                "The path segment '{other}' after a table definition"
+            )));
+        }
+    };
+    let rest = &segment[name_end..];
+    let item = if rest.is_empty() {
+        None
+    } else {
+        let close =
+            matching_paren(rest).ok_or_else(|| syntax_error(format!("unbalanced key in '{segment}'.")))?;
+        if !rest[close + 1..].is_empty() {
+            return Err(ApiError::NotSupported(format!(
+                "The path segment '{}' after a column or key definition",
+                rest[close + 1..].trim_start_matches('/')
+            )));
+        }
+        Some(parse_definition_key(rest[1..close].trim(), segment)?)
+    };
+    Ok(Resource::DefinitionPart { table, part, item })
+}
+
 /// Parses the path after `EntityDefinitions`: nothing, or one key segment.
 fn parse_definitions(rest: &str) -> Result<Resource, ApiError> {
     if rest.is_empty() {
@@ -114,10 +184,8 @@ fn parse_definitions(rest: &str) -> Result<Resource, ApiError> {
     let close = matching_paren(rest).ok_or_else(bad_key)?;
     let after = &rest[close + 1..];
     if !after.is_empty() {
-        return Err(ApiError::NotSupported(format!(
-            "The path segment '{}' after a table definition",
-            after.trim_start_matches('/')
-        )));
+        let table = parse_definition_key(inner[..close - 1].trim(), rest)?;
+        return parse_definition_part(table, after);
     }
     let inner = inner[..close - 1].trim();
     let (name, value) = inner.split_once('=').unwrap_or(("", inner));
@@ -305,23 +373,21 @@ pub fn parse_key(inner: &str, table: &Table) -> Result<Target, ApiError> {
     }
     let mut names: Vec<&str> = pairs.iter().map(|(n, _)| n.as_str()).collect();
     names.sort_unstable();
-    let key = config.alternate_keys.iter().position(|k| {
-        let mut columns: Vec<&str> = k.columns.iter().map(String::as_str).collect();
-        columns.sort_unstable();
-        columns == names
-    });
+    // Only a key whose index is built can name a row; one still building is not part of the service
+    // model yet, and Dataverse refuses it like any other column that is not a key.
+    let key = config
+        .alternate_keys
+        .iter()
+        .enumerate()
+        .position(|(k, alternate)| {
+            let mut columns: Vec<&str> = alternate.columns.iter().map(String::as_str).collect();
+            columns.sort_unstable();
+            columns == names && table.key_active(k)
+        });
     let Some(key) = key else {
-        return Err(ApiError::BadUrl(format!(
-            "The key '{}' is not a primary or alternate key of '{}'. Declared alternate keys: {}.",
-            names.join(","),
-            config.logical_name,
-            config
-                .alternate_keys
-                .iter()
-                .map(|k| format!("({})", k.columns.join(",")))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+        return Err(ApiError::InvalidKey {
+            entity: config.logical_name.clone(),
+        });
     };
     let mut values = Vec::new();
     for column in &config.alternate_keys[key].columns {

@@ -24,6 +24,8 @@ pub struct Stats {
     pub throttled: BTreeMap<&'static str, u64>,
     /// Error answers injected by the fault settings.
     pub faults_injected: u64,
+    /// Columns and keys created through the metadata API.
+    pub definitions_created: u64,
     /// Tokens issued.
     pub tokens_issued: u64,
     /// Token requests refused.
@@ -67,6 +69,7 @@ impl Stats {
         self.operations.created += writes.created;
         self.operations.updated += writes.updated;
         self.operations.deleted += writes.deleted;
+        self.definitions_created += writes.definitions;
         if succeeded && matches!(kind, OpKind::Retrieve | OpKind::Query) {
             self.operations.read += 1;
         }

@@ -7,8 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::{ColumnConfig, ColumnType, Config, RejectValue, SYSTEM_COLUMNS, TableConfig};
+use std::time::Instant;
+
+use crate::config::{
+    AlternateKeyConfig, ColumnConfig, ColumnType, Config, RejectValue, SYSTEM_COLUMNS, TableConfig,
+};
 use crate::error::ApiError;
+use crate::schema::{ColumnMeta, KeyIndexTiming, KeyState, KeyStatus, NewColumn, NewKey};
 use crate::values::{Guid, iso_now};
 
 /// One row: its id, row version and column values (every declared column, `null` when unset).
@@ -98,23 +103,187 @@ pub enum WriteOutcome {
     Updated,
 }
 
-/// One table: its configuration, rows and alternate-key indexes.
+/// One table: its configuration (with the columns and keys added through the metadata API), rows and
+/// alternate-key indexes.
 #[derive(Debug)]
 pub struct Table {
     /// The table's configuration.
     pub config: TableConfig,
     rows: BTreeMap<Guid, Row>,
-    /// One index per alternate key: normalised key values → row id.
+    /// One index per alternate key: normalised key values → row id. Only an `Active` key's index is
+    /// kept; a key still building has an empty one.
     indexes: Vec<HashMap<String, Guid>>,
+    /// The metadata of every declared column, by logical name.
+    meta: BTreeMap<String, ColumnMeta>,
+    /// The state of every alternate key, in `config.alternate_keys` order.
+    keys: Vec<KeyState>,
 }
 
 impl Table {
     fn new(config: TableConfig) -> Self {
         let indexes = config.alternate_keys.iter().map(|_| HashMap::new()).collect();
+        let logical = config.logical_name.clone();
+        let meta = config
+            .columns
+            .keys()
+            .map(|c| (c.clone(), ColumnMeta::configured(&logical, c)))
+            .collect();
+        let keys = config
+            .alternate_keys
+            .iter()
+            .map(|k| KeyState::configured(&logical, &k.name))
+            .collect();
         Self {
             config,
             rows: BTreeMap::new(),
             indexes,
+            meta,
+            keys,
+        }
+    }
+
+    /// Whether alternate key `key` can be used (its index is built).
+    pub fn key_active(&self, key: usize) -> bool {
+        self.keys.get(key).is_some_and(|k| k.status == KeyStatus::Active)
+    }
+
+    /// The state of every alternate key, in declaration order.
+    pub fn key_states(&self) -> &[KeyState] {
+        &self.keys
+    }
+
+    /// The metadata of a column: declared, or the primary key or a system column.
+    pub fn column_meta(&self, name: &str) -> ColumnMeta {
+        self.meta
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| ColumnMeta::configured(&self.config.logical_name, name))
+    }
+
+    /// Every readable column (primary key, declared columns, system columns) with its type.
+    pub fn attributes(&self) -> Vec<(String, ColumnType)> {
+        let mut out = vec![(self.config.primary_key.clone(), ColumnType::Guid)];
+        out.extend(self.config.columns.iter().map(|(n, c)| (n.clone(), c.kind)));
+        out.extend(
+            SYSTEM_COLUMNS
+                .iter()
+                .filter_map(|c| self.property_type(c).map(|t| ((*c).to_owned(), t))),
+        );
+        out
+    }
+
+    /// Adds a column (`POST …/Attributes`): every row gets it as `null` (or its default on later
+    /// creates). A name the table already has is Dataverse's `DuplicateAttributeSchemaName`.
+    pub fn add_column(&mut self, new: NewColumn) -> Result<Guid, ApiError> {
+        let name = new.logical_name;
+        if self.property_type(&name).is_some() {
+            return Err(ApiError::DuplicateAttribute(name));
+        }
+        for row in self.rows.values_mut() {
+            row.values.insert(name.clone(), Value::Null);
+        }
+        let id = new.meta.id;
+        self.config.columns.insert(name.clone(), new.column);
+        self.meta.insert(name, new.meta);
+        Ok(id)
+    }
+
+    /// Adds an alternate key (`POST …/Keys`) in `Pending`; its index is built later by
+    /// [`Table::advance_keys`]. Its columns must exist and be of a type a key can hold.
+    pub fn add_key(&mut self, new: NewKey, now: Instant) -> Result<Guid, ApiError> {
+        let entity = self.config.logical_name.clone();
+        for column in &new.columns {
+            match self.config.columns.get(column) {
+                None => {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "The key attribute '{column}' does not exist on entity '{entity}'."
+                    )));
+                }
+                Some(c) if !c.kind.can_be_key() || self.config.computed.contains_key(column) => {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "The attribute '{column}' of entity '{entity}' cannot be part of a key: only text, whole number, decimal, date and time, choice and lookup columns can."
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        if self
+            .keys
+            .iter()
+            .any(|k| k.schema_name.eq_ignore_ascii_case(&new.schema_name))
+        {
+            return Err(ApiError::InvalidArgument(format!(
+                "An entity key with the name '{}' already exists on entity '{entity}'.",
+                new.schema_name
+            )));
+        }
+        let mut wanted = new.columns.clone();
+        wanted.sort();
+        if self.config.alternate_keys.iter().any(|k| {
+            let mut columns = k.columns.clone();
+            columns.sort();
+            columns == wanted
+        }) {
+            return Err(ApiError::InvalidArgument(format!(
+                "Entity '{entity}' already has a key with the attributes {}.",
+                new.columns.join(",")
+            )));
+        }
+        if self.keys.len() >= 10 {
+            return Err(ApiError::InvalidArgument(format!(
+                "Entity '{entity}' already has the maximum of 10 keys."
+            )));
+        }
+        let state = KeyState {
+            id: Guid::new_random(),
+            schema_name: new.schema_name.clone(),
+            display_name: new.display_name,
+            status: KeyStatus::Pending,
+            created: Some(now),
+        };
+        let id = state.id;
+        self.config.alternate_keys.push(AlternateKeyConfig {
+            name: new.schema_name,
+            columns: new.columns,
+        });
+        self.indexes.push(HashMap::new());
+        self.keys.push(state);
+        Ok(id)
+    }
+
+    /// Moves every building key's index job on to where it is at `now`. A job that finishes builds
+    /// the index; rows sharing key values make it `Failed`, as Dataverse's job fails on them.
+    pub fn advance_keys(&mut self, now: Instant, timing: &KeyIndexTiming) {
+        for k in 0..self.keys.len() {
+            let due = self.keys[k].due(now, timing);
+            if due == self.keys[k].status {
+                continue;
+            }
+            if due != KeyStatus::Active {
+                self.keys[k].status = due;
+                continue;
+            }
+            let mut index = HashMap::new();
+            let mut duplicate = None;
+            for row in self.rows.values() {
+                if let Some(normalized) = self.key_from_values(k, &row.values)
+                    && index.insert(normalized.clone(), row.id).is_some()
+                {
+                    duplicate = Some(normalized);
+                    break;
+                }
+            }
+            if let Some(values) = duplicate {
+                tracing::warn!(
+                    key = %self.keys[k].schema_name,
+                    values = %values.replace('\u{1f}', ","),
+                    "alternate key index failed: rows share key values"
+                );
+                self.keys[k].status = KeyStatus::Failed;
+            } else {
+                self.indexes[k] = index;
+                self.keys[k].status = KeyStatus::Active;
+            }
         }
     }
 
@@ -182,6 +351,9 @@ impl Table {
         let id = match target {
             Target::Id(id) => *id,
             Target::Key { key, values } => {
+                if !self.key_active(*key) {
+                    return None;
+                }
                 let normalized = self.key_from_target(*key, values)?;
                 *self.indexes.get(*key)?.get(&normalized)?
             }
@@ -236,6 +408,9 @@ impl Table {
     /// Fails when another row already holds any alternate key value of `values`.
     fn check_unique(&self, values: &BTreeMap<String, Value>, own: Guid) -> Result<(), ApiError> {
         for (k, key) in self.config.alternate_keys.iter().enumerate() {
+            if !self.key_active(k) {
+                continue;
+            }
             let Some(normalized) = self.key_from_values(k, values) else {
                 continue;
             };
@@ -262,6 +437,9 @@ impl Table {
 
     fn insert_row(&mut self, row: Row) {
         for k in 0..self.indexes.len() {
+            if !self.key_active(k) {
+                continue;
+            }
             if let Some(normalized) = self.key_from_values(k, &row.values) {
                 self.indexes[k].insert(normalized, row.id);
             }
@@ -272,6 +450,9 @@ impl Table {
     fn remove_row(&mut self, id: Guid) -> Option<Row> {
         let row = self.rows.remove(&id)?;
         for k in 0..self.indexes.len() {
+            if !self.key_active(k) {
+                continue;
+            }
             if let Some(normalized) = self.key_from_values(k, &row.values)
                 && self.indexes[k].get(&normalized) == Some(&id)
             {
@@ -376,21 +557,36 @@ pub struct Store {
     /// Business rules refusing values (the `reject_values` fault), checked on every create and
     /// upsert.
     rejections: Vec<RejectValue>,
+    /// How long a new alternate key's index job takes.
+    timing: KeyIndexTiming,
 }
 
-/// A persisted copy of the rows.
+/// A persisted copy of the rows and of the definitions the metadata API added.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StoreSnapshot {
     /// The row version counter.
     pub version: u64,
     /// Rows by entity set.
     pub tables: BTreeMap<String, Vec<Row>>,
+    /// Columns and keys by entity set, so what was created through the API survives a restart.
+    #[serde(default)]
+    pub definitions: BTreeMap<String, TableDefinitions>,
+}
+
+/// A table's columns and keys with their metadata.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct TableDefinitions {
+    /// Every declared column, its configuration and metadata.
+    pub columns: BTreeMap<String, (ColumnConfig, ColumnMeta)>,
+    /// Every alternate key and its state.
+    pub keys: Vec<(AlternateKeyConfig, KeyState)>,
 }
 
 #[derive(Serialize)]
 struct StoreSnapshotRef<'a> {
     version: u64,
     tables: BTreeMap<&'a str, Vec<&'a Row>>,
+    definitions: BTreeMap<&'a str, TableDefinitions>,
 }
 
 impl Store {
@@ -405,6 +601,30 @@ impl Store {
             tables,
             version: 1000,
             rejections: config.faults.reject_values.clone(),
+            timing: KeyIndexTiming {
+                pending: std::time::Duration::from_millis(config.key_index.pending_ms),
+                build: std::time::Duration::from_millis(config.key_index.build_ms),
+            },
+        }
+    }
+
+    /// The table whose entity has this logical name (`contact` → `contacts`).
+    pub fn table_by_logical_name(&self, logical: &str) -> Option<&Table> {
+        self.tables.values().find(|t| t.config.logical_name == logical)
+    }
+
+    /// The table whose entity has this logical name, for a metadata change.
+    pub fn table_by_logical_name_mut(&mut self, logical: &str) -> Option<&mut Table> {
+        self.tables
+            .values_mut()
+            .find(|t| t.config.logical_name == logical)
+    }
+
+    /// Moves every key's index job on to `now`.
+    pub fn advance_keys(&mut self, now: Instant) {
+        let timing = self.timing;
+        for table in self.tables.values_mut() {
+            table.advance_keys(now, &timing);
         }
     }
 
@@ -587,10 +807,13 @@ impl Store {
     }
 
     /// Removes every row (the version counter keeps counting, so etags never repeat).
+    /// Column and key definitions stay as they are.
     pub fn clear(&mut self) {
         for table in self.tables.values_mut() {
-            let config = table.config.clone();
-            *table = Table::new(config);
+            table.rows.clear();
+            for index in &mut table.indexes {
+                index.clear();
+            }
         }
     }
 
@@ -603,14 +826,68 @@ impl Store {
                 .iter()
                 .map(|(set, t)| (set.as_str(), t.rows.values().collect()))
                 .collect(),
+            definitions: self
+                .tables
+                .iter()
+                .map(|(set, t)| {
+                    let columns = t
+                        .config
+                        .columns
+                        .iter()
+                        .map(|(name, c)| (name.clone(), (c.clone(), t.column_meta(name))))
+                        .collect();
+                    let keys = t
+                        .config
+                        .alternate_keys
+                        .iter()
+                        .cloned()
+                        .zip(t.keys.iter().cloned())
+                        .collect();
+                    (set.as_str(), TableDefinitions { columns, keys })
+                })
+                .collect(),
         };
         serde_json::to_value(&snapshot).unwrap_or(Value::Null)
     }
 
     /// Loads rows from a snapshot. Columns no longer configured are dropped, new columns start as
     /// `null`, tables no longer configured are skipped; a key conflict is an error.
+    /// Columns and keys the metadata API added come back first (a key whose index was still building
+    /// starts its job again).
     pub fn restore(&mut self, snapshot: StoreSnapshot) -> anyhow::Result<()> {
         let mut version = snapshot.version;
+        for (set, definitions) in snapshot.definitions {
+            let Some(table) = self.tables.get_mut(&set) else {
+                continue;
+            };
+            for (name, (column, meta)) in definitions.columns {
+                if !table.config.columns.contains_key(&name) {
+                    table.config.columns.insert(name.clone(), column);
+                }
+                table.meta.insert(name, meta);
+            }
+            for (key, mut state) in definitions.keys {
+                if let Some(k) = table
+                    .config
+                    .alternate_keys
+                    .iter()
+                    .position(|c| c.name == key.name)
+                {
+                    table.keys[k].id = state.id;
+                    continue;
+                }
+                if key.columns.iter().any(|c| !table.config.columns.contains_key(c)) {
+                    continue;
+                }
+                if matches!(state.status, KeyStatus::Pending | KeyStatus::InProgress) {
+                    state.status = KeyStatus::Pending;
+                    state.created = Some(Instant::now());
+                }
+                table.config.alternate_keys.push(key);
+                table.indexes.push(HashMap::new());
+                table.keys.push(state);
+            }
+        }
         for (set, rows) in snapshot.tables {
             let Some(table) = self.tables.get_mut(&set) else {
                 tracing::warn!(entity_set = %set, "snapshot table is not configured; skipped");
@@ -955,5 +1232,53 @@ mod tests {
                 .version
                 > 1001
         );
+    }
+
+    #[test]
+    fn columns_and_keys_created_at_run_time_survive_a_snapshot() {
+        let config = Config {
+            tables: vec![TableConfig::bare_contacts()],
+            ..Config::default()
+        };
+        let mut s = Store::new(&config);
+        let table = s.table_by_logical_name_mut("contact").expect("contact");
+        let column = crate::schema::parse_new_column(&body(json!({
+            "@odata.type": "Microsoft.Dynamics.CRM.StringAttributeMetadata",
+            "SchemaName": "new_Code",
+            "DisplayName": {"LocalizedLabels": [{"Label": "Code", "LanguageCode": 1033}]},
+        })))
+        .expect("column");
+        table.add_column(column).expect("added");
+        let long_ago = Instant::now() - std::time::Duration::from_secs(60);
+        table
+            .add_key(
+                NewKey {
+                    schema_name: "new_code_key".into(),
+                    display_name: "Code".into(),
+                    columns: vec!["new_code".into()],
+                },
+                long_ago,
+            )
+            .expect("key");
+        s.advance_keys(Instant::now());
+        let mut undo = Vec::new();
+        s.create("contacts", body(json!({"new_code": "a1"})), &mut undo)
+            .expect("row");
+        let snapshot: StoreSnapshot = serde_json::from_value(s.snapshot_json()).expect("snapshot");
+        let mut restored = Store::new(&config);
+        restored.restore(snapshot).expect("restore");
+        let table = restored.table("contacts").expect("table");
+        assert_eq!(table.column_meta("new_code").schema_name, "new_Code");
+        assert!(table.key_active(0), "{:?}", table.key_states());
+        let row = restored
+            .retrieve(
+                "contacts",
+                &Target::Key {
+                    key: 0,
+                    values: vec![json!("A1")],
+                },
+            )
+            .expect("found by the restored key");
+        assert_eq!(row.values["new_code"], "a1");
     }
 }

@@ -9,6 +9,7 @@ mod dlq;
 mod flow;
 mod ordering;
 mod outage;
+mod provision;
 mod replay;
 mod startup;
 mod support;

@@ -17,15 +17,23 @@ async fn an_outage_delays_writes_but_drops_nothing() {
         .await
         .unwrap();
     let admin = Admin::of(&emu);
-    admin.set_faults(json!({"error_rate": 1.0})).await;
     let changes: Vec<_> = (0..40)
         .map(|i| upsert(&format!("cus_out{i:02}"), 1_760_000_000 + i, &format!("N{i}")))
         .collect();
-    env.produce(&t.input, &changes).await;
 
-    // Dataverse down at start-up: the sink starts anyway and retries.
+    // The sink starts (its start-up checks waits for Dataverse to answer), then Dataverse goes
+    // down before the changes arrive: the sink retries them.
     let config = env.config(&t, &emu);
     let sink = Sink::start(config.clone()).await;
+    harness::wait_until(
+        "the start-up checks answered",
+        crate::support::DEADLINE,
+        || async { (admin.stats().await["requests_by_status"]["200"].as_u64() >= Some(2)).then_some(()) },
+    )
+    .await
+    .unwrap();
+    admin.set_faults(json!({"error_rate": 1.0})).await;
+    env.produce(&t.input, &changes).await;
     wait_metric(
         sink.addr,
         "sink_dataverse_retries_total{class=\"server_error\"}",

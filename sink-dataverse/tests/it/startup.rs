@@ -41,7 +41,9 @@ async fn refused_credentials_and_columns_fail_at_start_up() {
     wrong_column.mapping.phone = "new_nosuchcolumn".into();
     let message = start(wrong_column).await;
     assert!(
-        message.contains("mapping.*") && message.contains("new_nosuchcolumn"),
+        message.contains("mapping.phone")
+            && message.contains("new_nosuchcolumn")
+            && message.contains("sink-dataverse provision"),
         "{message}"
     );
 

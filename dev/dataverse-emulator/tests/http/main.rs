@@ -6,6 +6,7 @@ mod support;
 mod admin_and_faults;
 mod batch;
 mod bulk;
+mod columns_and_keys;
 mod definitions;
 mod documented;
 mod limits;

@@ -439,7 +439,7 @@ async fn bad_input_gets_a_400_with_the_odata_shape_and_a_clear_message() {
             Method::PATCH,
             "contacts(firstname='Ada')",
             "{}",
-            "not a primary or alternate key",
+            "The key in the request URI is not valid for resource",
         ),
         (
             Method::GET,
