@@ -350,13 +350,18 @@ impl Broker {
 /// for another writer's lock. Safe on an existing database.
 pub async fn apply_storage_indexes(db: &Path) -> anyhow::Result<()> {
     const INDEXES: &str = include_str!("../../dev/tansu/indexes.sql");
-    let out = tokio::process::Command::new("sqlite3")
+    let mut child = tokio::process::Command::new("sqlite3")
         .arg("-bail")
         .arg(db)
-        .arg(INDEXES)
-        .output()
-        .await
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .context("running sqlite3 (bash scripts/setup.sh installs it)")?;
+    let mut stdin = child.stdin.take().context("sqlite3's stdin")?;
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, INDEXES.as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
     if !out.status.success() {
         bail!(
             "adding the broker's storage index to {} failed: {}",
