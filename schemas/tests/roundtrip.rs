@@ -51,6 +51,7 @@ pub fn sample_event() -> StripeEvent {
         raw_body: b"{\"id\": \"evt_1\",\n \"object\": \"event\"}\xff".to_vec(),
         signature_header: "t=1,v1=ab".into(),
         received_at: 1_700_000_000_123,
+        source: Some("webhook".into()),
     }
 }
 
