@@ -44,11 +44,11 @@ use crate::{
 pub struct BackfillArgs {
     /// Oldest event time to recover: unix seconds, RFC 3339 (`2026-12-01T00:00:00Z`) or an age
     /// (`36h`, `7d`). Stripe keeps events for 30 days.
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    pub since: i64,
+    #[arg(long, value_name = "TIME", value_parser = TimeArg::parse)]
+    pub since: TimeArg,
     /// Newest event time, exclusive (same forms). Default: now.
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    pub until: Option<i64>,
+    #[arg(long, value_name = "TIME", value_parser = TimeArg::parse)]
+    pub until: Option<TimeArg>,
     /// Event types to recover (repeatable or comma-separated; `customer.*` wildcards). Default: all.
     #[arg(long = "types", value_name = "TYPE", value_delimiter = ',')]
     pub types: Vec<String>,
@@ -81,9 +81,28 @@ pub struct Summary {
     pub resumed: bool,
 }
 
+/// A `--since` / `--until` value: as written (what identifies a window across runs: `7d` is the
+/// same backfill when run again a minute later) and resolved to unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeArg {
+    pub text: String,
+    pub secs: i64,
+}
+
+impl TimeArg {
+    pub fn parse(s: &str) -> Result<TimeArg, String> {
+        Ok(TimeArg {
+            text: s.trim().to_string(),
+            secs: parse_time(s)?,
+        })
+    }
+}
+
 /// A checkpoint record's value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Checkpoint {
+    /// The window's resolved lower bound (`created[gte]`).
+    since: i64,
     /// The window's resolved upper bound (`created[lt]`).
     until: i64,
     /// The oldest event written so far; the next page starts after it.
@@ -142,8 +161,8 @@ fn window_key(args: &BackfillArgs) -> String {
     types.sort();
     format!(
         "since={};until={};types={};undelivered={}",
-        args.since,
-        args.until.map_or_else(|| "now".to_string(), |u| u.to_string()),
+        args.since.text,
+        args.until.as_ref().map_or("now", |u| u.text.as_str()),
         types.join(","),
         args.only_undelivered
     )
@@ -157,11 +176,12 @@ pub async fn run(
 ) -> anyhow::Result<Summary> {
     let client = StripeClient::new(&config.stripe).context("setting `stripe`")?;
     let key = window_key(&args);
-    let mut until = args.until.unwrap_or_else(now_secs);
-    if args.since >= until {
+    let mut since = args.since.secs;
+    let mut until = args.until.as_ref().map_or_else(now_secs, |u| u.secs);
+    if since >= until {
         bail!("--since must be before --until (or now)");
     }
-    if args.since < now_secs() - 30 * 86_400 {
+    if since < now_secs() - 30 * 86_400 {
         eprintln!(
             "backfill: note: Stripe lists only the last 30 days of events; older ones cannot be recovered"
         );
@@ -176,6 +196,8 @@ pub async fn run(
         && let Some(cp) = w.read_checkpoint(&key).await?
         && !cp.done
     {
+        // The interrupted run's window, resolved when it started.
+        since = cp.since;
         until = cp.until;
         after = cp.after.clone();
         summary = cp.totals.clone();
@@ -187,7 +209,7 @@ pub async fn run(
         );
     }
     let query = EventQuery {
-        created_gte: Some(args.since),
+        created_gte: Some(since),
         created_lt: Some(until),
         types: args.types.clone(),
         delivery_success: args.only_undelivered.then_some(false),
@@ -242,6 +264,7 @@ pub async fn run(
             w.save_checkpoint(
                 &key,
                 &Checkpoint {
+                    since,
                     until,
                     after: Some(last.id.clone()),
                     after_created: Some(last.created),
@@ -271,6 +294,7 @@ pub async fn run(
         w.save_checkpoint(
             &key,
             &Checkpoint {
+                since,
                 until,
                 after: None,
                 after_created: None,
