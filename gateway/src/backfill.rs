@@ -461,3 +461,67 @@ impl Writer {
         .await?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(since: &str, until: Option<&str>, types: &[&str], undelivered: bool) -> BackfillArgs {
+        BackfillArgs {
+            since: TimeArg::parse(since).unwrap(),
+            until: until.map(|u| TimeArg::parse(u).unwrap()),
+            types: types.iter().map(|t| t.to_string()).collect(),
+            only_undelivered: undelivered,
+            dry_run: false,
+            from_start: false,
+            quiet: true,
+        }
+    }
+
+    #[test]
+    fn times_are_unix_seconds_rfc3339_or_ages() {
+        assert_eq!(parse_time("1765000000").unwrap(), 1_765_000_000);
+        assert_eq!(parse_time("2026-12-01T00:00:00Z").unwrap(), 1_796_083_200);
+        let now = now_secs();
+        assert!((parse_time("7d").unwrap() - (now - 7 * 86_400)).abs() <= 1);
+        assert!((parse_time("36h").unwrap() - (now - 36 * 3600)).abs() <= 1);
+        assert!((parse_time("90m").unwrap() - (now - 5400)).abs() <= 1);
+        let e = parse_time("last tuesday").unwrap_err();
+        assert!(e.contains("RFC 3339"), "{e}");
+    }
+
+    #[test]
+    fn a_window_is_identified_by_what_was_asked() {
+        // The same relative window, resolved a moment apart, is the same backfill.
+        assert_eq!(
+            window_key(&args("7d", None, &["customer.*"], true)),
+            window_key(&args("7d", None, &["customer.*"], true))
+        );
+        // Type order does not matter; every other choice does.
+        assert_eq!(
+            window_key(&args("7d", None, &["a", "b"], false)),
+            window_key(&args("7d", None, &["b", "a"], false))
+        );
+        let base = window_key(&args("7d", None, &[], false));
+        assert_ne!(base, window_key(&args("6d", None, &[], false)));
+        assert_ne!(base, window_key(&args("7d", Some("1d"), &[], false)));
+        assert_ne!(base, window_key(&args("7d", None, &["customer.*"], false)));
+        assert_ne!(base, window_key(&args("7d", None, &[], true)));
+    }
+
+    #[test]
+    fn the_summary_says_what_happened() {
+        let s = Summary {
+            read: 12,
+            written: 10,
+            skipped: 2,
+            pages: 2,
+            resumed: false,
+        };
+        assert_eq!(
+            render_summary(&s, false, "stripe.events"),
+            "backfill done: read 12 events in 2 pages, wrote 10 to stripe.events, skipped 2"
+        );
+        assert!(render_summary(&s, true, "t").contains("would write 10"));
+    }
+}
