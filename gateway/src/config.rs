@@ -262,7 +262,15 @@ impl GatewayConfig {
     /// Settings for `gateway backfill`: broker, registry, topics and Stripe's API; no webhook
     /// secret is needed.
     pub fn load_for_backfill(args: &ConfigArgs) -> Result<Self, ConfigError> {
-        let c: GatewayConfig = common::config::extract(args, std::env::vars())?;
+        Self::load_for_backfill_from(args, std::env::vars())
+    }
+
+    /// As [`GatewayConfig::load_for_backfill`], with the environment given explicitly.
+    pub fn load_for_backfill_from(
+        args: &ConfigArgs,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let c: GatewayConfig = common::config::extract(args, env)?;
         c.validate_shared()?;
         c.topics.validate("topics")?;
         c.stripe.validate("stripe")?;
@@ -533,6 +541,38 @@ mod tests {
 
     fn load(pairs: &[(&str, &str)]) -> Result<GatewayConfig, ConfigError> {
         GatewayConfig::load_from(&ConfigArgs::default(), env(pairs))
+    }
+
+    #[test]
+    fn backfill_needs_a_stripe_key_and_no_webhook_secret() {
+        let backfill = |pairs: &[(&str, &str)]| {
+            GatewayConfig::load_for_backfill_from(&ConfigArgs::default(), env(pairs))
+        };
+        let err = backfill(&[]).unwrap_err().to_string();
+        assert!(
+            err.contains("stripe.api_key") && err.contains("STRIPE_API_KEY"),
+            "{err}"
+        );
+        let c = backfill(&[
+            ("STRIPE_API_KEY", "rk_live_abcdef123456"),
+            ("STRIPE_API_BASE", "http://127.0.0.1:12111"),
+        ])
+        .unwrap();
+        assert_eq!(c.stripe.api_key.expose(), "rk_live_abcdef123456");
+        assert_eq!(c.stripe.base_url, "http://127.0.0.1:12111");
+        let printed = common::config::render(&c);
+        assert!(!printed.contains("abcdef123456") && !format!("{c:?}").contains("abcdef123456"));
+        // The prefixed variable works too, and the webhook server still needs its secret.
+        let c = backfill(&[("GATEWAY_STRIPE__API_KEY", "sk_test_x1")]).unwrap();
+        assert_eq!(c.stripe.api_key.expose(), "sk_test_x1");
+        assert!(load(&[("STRIPE_API_KEY", "sk_test_x1")]).is_err());
+        let err = backfill(&[("STRIPE_API_KEY", "pk_test_x1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("publishable") && !err.contains("pk_test_x1"),
+            "{err}"
+        );
     }
 
     #[test]
