@@ -324,13 +324,33 @@ pub struct EventQuery {
     pub created_gte: Option<i64>,
     /// `created[lt]`, unix seconds.
     pub created_lt: Option<i64>,
-    /// `types[]` (up to 20, `*` wildcards as in `customer.*`); one type goes out as `type`.
+    /// One type goes out as `type`, which may be a `*` wildcard (`customer.*`); several go out as
+    /// `types[]`, which Stripe matches exactly (up to 20 names, no wildcards): see
+    /// [`EventQuery::check`].
     pub types: Vec<String>,
     /// `delivery_success`: `false` lists events whose webhook delivery has not succeeded.
     pub delivery_success: Option<bool>,
 }
 
 impl EventQuery {
+    /// Rejects what Stripe would refuse or silently not match: more than 20 types, or a
+    /// wildcard among several types.
+    pub fn check(&self) -> Result<(), String> {
+        if self.types.len() > 20 {
+            return Err(format!(
+                "{} event types given; Stripe takes at most 20",
+                self.types.len()
+            ));
+        }
+        if self.types.len() > 1 && self.types.iter().any(|t| t.contains('*')) {
+            return Err(
+                "a wildcard type (customer.*) works only on its own: Stripe matches several types exactly"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     fn params(&self) -> Vec<(String, String)> {
         let mut p = Vec::new();
         if let Some(t) = self.created_gte {
@@ -473,6 +493,7 @@ impl StripeClient {
         query: &EventQuery,
         starting_after: Option<&str>,
     ) -> Result<Page<Event>, StripeError> {
+        query.check().map_err(StripeError::Config)?;
         let page: Page<Value> = self.list("/v1/events", query.params(), starting_after).await?;
         let data = page
             .data

@@ -49,7 +49,8 @@ pub struct BackfillArgs {
     /// Newest event time, exclusive (same forms). Default: now.
     #[arg(long, value_name = "TIME", value_parser = TimeArg::parse)]
     pub until: Option<TimeArg>,
-    /// Event types to recover (repeatable or comma-separated; `customer.*` wildcards). Default: all.
+    /// Event types to recover (repeatable or comma-separated). One may be a wildcard
+    /// (`customer.*`); several are matched exactly (Stripe's `types[]`, at most 20). Default: all.
     #[arg(long = "types", value_name = "TYPE", value_delimiter = ',')]
     pub types: Vec<String>,
     /// Only events whose webhook delivery has not succeeded (`delivery_success=false`).
@@ -214,6 +215,7 @@ pub async fn run(
         types: args.types.clone(),
         delivery_success: args.only_undelivered.then_some(false),
     };
+    query.check().map_err(|e| anyhow::anyhow!("--types: {e}"))?;
     let mut pager = client.events(query.clone());
     if let Some(id) = &after {
         pager = pager.starting_after(id.clone());

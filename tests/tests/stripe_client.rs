@@ -290,3 +290,44 @@ async fn requests_are_paced_at_the_configured_rate() {
     );
     assert_eq!(fake.throttled(), 0);
 }
+
+#[tokio::test]
+async fn several_types_match_exactly_and_one_may_be_a_wildcard() {
+    let fake = StripeFake::start().await.unwrap();
+    let t = now() - 100;
+    for (id, kind) in [
+        ("evt_a", "customer.created"),
+        ("evt_b", "customer.updated"),
+        ("evt_c", "customer.deleted"),
+    ] {
+        fake.add_event(customer_event(id, kind, t, customer("cus_t", t)), false);
+    }
+    let client = StripeClient::new(&settings(&fake)).unwrap();
+    let ids = |page: common::stripe::Page<common::stripe::Event>| {
+        page.data.into_iter().map(|e| e.id).collect::<Vec<_>>()
+    };
+    let q = |types: &[&str]| EventQuery {
+        types: types.iter().map(|t| t.to_string()).collect(),
+        ..EventQuery::default()
+    };
+    assert_eq!(
+        ids(client.list_events(&q(&["customer.*"]), None).await.unwrap()),
+        vec!["evt_c", "evt_b", "evt_a"]
+    );
+    let two = client
+        .list_events(&q(&["customer.created", "customer.deleted"]), None)
+        .await
+        .unwrap();
+    assert_eq!(ids(two), vec!["evt_c", "evt_a"]);
+    assert_eq!(
+        fake.requests().last().unwrap().param("types[]"),
+        Some("customer.created")
+    );
+    let before = fake.requests().len();
+    let err = client
+        .list_events(&q(&["customer.*", "charge.*"]), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("wildcard"), "{err}");
+    assert_eq!(fake.requests().len(), before, "refused before sending");
+}
