@@ -31,6 +31,7 @@
 //! * Faults: [`StripeFake::set_rate_limit`], [`StripeFake::set_latency`],
 //!   [`StripeFake::fail_next`] (answer the next requests with a status and optional
 //!   `Stripe-Should-Retry`).
+//! * [`StripeFake::client_settings`] — `common::stripe` settings pointing at the fake.
 //! * What happened: [`StripeFake::requests`] (path and query of every request),
 //!   [`StripeFake::throttled`].
 
@@ -158,6 +159,22 @@ impl StripeFake {
     /// Base URL, for `STRIPE_API_BASE` / `stripe.base_url`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Client settings pointing at the fake: its key and URL, a pace of 1000 requests/s and short
+    /// retry delays (10–50 ms), so tests are quick and rate limiting is the fake's to decide.
+    pub fn client_settings(&self) -> common::stripe::StripeSettings {
+        use common::config::{HumanDuration, Secret};
+        common::stripe::StripeSettings {
+            api_key: Secret::new(self.api_key()),
+            base_url: self.url(),
+            requests_per_second: 1000.0,
+            backoff: common::retry::BackoffSettings {
+                initial: HumanDuration::millis(10),
+                max: HumanDuration::millis(50),
+            },
+            ..common::stripe::StripeSettings::default()
+        }
     }
 
     /// The key it accepts, for `STRIPE_API_KEY`.

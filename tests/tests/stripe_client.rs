@@ -19,16 +19,7 @@ fn now() -> i64 {
 }
 
 fn settings(fake: &StripeFake) -> StripeSettings {
-    StripeSettings {
-        api_key: Secret::new(fake.api_key()),
-        base_url: fake.url(),
-        requests_per_second: 1000.0,
-        backoff: BackoffSettings {
-            initial: HumanDuration::millis(10),
-            max: HumanDuration::millis(50),
-        },
-        ..StripeSettings::default()
-    }
+    fake.client_settings()
 }
 
 fn customer(id: &str, created: i64) -> serde_json::Value {
