@@ -283,8 +283,12 @@ pub async fn run(
                 .map(|e| format_time(e.created))
                 .unwrap_or_default();
             eprint!(
-                "\rbackfill: read {}, written {}, skipped {} (page {}, at {at})   ",
-                summary.read, summary.written, summary.skipped, summary.pages
+                "\rbackfill: read {}, {} {}, skipped {} (page {}, at {at})   ",
+                summary.read,
+                if args.dry_run { "to write" } else { "written" },
+                summary.written,
+                summary.skipped,
+                summary.pages
             );
             let _ = std::io::stderr().flush();
         }
