@@ -87,6 +87,17 @@ pub fn load_from<T: Settings>(
     args: &ConfigArgs,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<T, ConfigError> {
+    let settings: T = extract(args, env)?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// As [`load_from`] without [`Settings::validate`], for a command that checks only the settings
+/// it uses (a stage's one-off job, such as the gateway's `backfill`, needs no webhook secret).
+pub fn extract<T: Settings>(
+    args: &ConfigArgs,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ConfigError> {
     let env: BTreeMap<String, String> = env.into_iter().collect();
     let mut figment = Figment::from(Serialized::defaults(T::default()));
 
@@ -127,9 +138,7 @@ pub fn load_from<T: Settings>(
         figment = merge_setting(figment, key, value);
     }
 
-    let settings: T = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
-    settings.validate()?;
-    Ok(settings)
+    figment.extract().map_err(|e| ConfigError::Parse(describe(e)))
 }
 
 /// Merges one `key=value` setting. Keys under a `properties` map (librdkafka names such as

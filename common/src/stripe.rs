@@ -131,7 +131,7 @@ impl StripeSettings {
 
     /// The key's mode, from its prefix.
     pub fn mode(&self) -> Result<KeyMode, ConfigError> {
-        KeyMode::of(self.api_key.expose())
+        KeyMode::of(self.api_key.expose()).map_err(|e| ConfigError::invalid("stripe.api_key", e))
     }
 
     /// The pace this client keeps: the setting, or the default of the key's mode.
@@ -148,7 +148,7 @@ impl StripeSettings {
     /// Rejects settings that cannot work; `section` names them in errors (`stripe.api_key`).
     pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
         KeyMode::of(self.api_key.expose())
-            .map_err(|e| ConfigError::invalid(format!("{section}.api_key"), e.to_string()))?;
+            .map_err(|e| ConfigError::invalid(format!("{section}.api_key"), e))?;
         let url = self.base_url.trim();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(ConfigError::invalid(
@@ -186,13 +186,13 @@ pub enum KeyMode {
 }
 
 impl KeyMode {
-    /// The mode of `key`; an error that shows at most the key's prefix.
-    pub fn of(key: &str) -> Result<KeyMode, ConfigError> {
+    /// The mode of `key`; the error says what is wrong without showing the key.
+    pub fn of(key: &str) -> Result<KeyMode, String> {
         if key.is_empty() {
-            return Err(ConfigError::invalid(
-                "api_key",
-                "no Stripe API key: set STRIPE_API_KEY to a secret key (sk_…) or a restricted key (rk_…)",
-            ));
+            return Err(
+                "no Stripe API key: set STRIPE_API_KEY to a secret key (sk_…) or a restricted key (rk_…)"
+                    .into(),
+            );
         }
         for (prefix, mode) in [
             ("sk_live_", KeyMode::Live),
@@ -204,22 +204,14 @@ impl KeyMode {
                 return Ok(mode);
             }
         }
-        if key.starts_with("pk_") {
-            return Err(ConfigError::invalid(
-                "api_key",
-                "this is a publishable key (pk_…); the API calls need a secret key (sk_…) or a restricted key (rk_…)",
-            ));
+        Err(if key.starts_with("pk_") {
+            "this is a publishable key (pk_…); the API calls need a secret key (sk_…) or a restricted key (rk_…)"
+        } else if key.starts_with("whsec_") {
+            "this is a webhook signing secret (whsec_…), not an API key (sk_… or rk_…)"
+        } else {
+            "not a Stripe API key (STRIPE_API_KEY): expected sk_live_…, sk_test_…, rk_live_… or rk_test_…"
         }
-        if key.starts_with("whsec_") {
-            return Err(ConfigError::invalid(
-                "api_key",
-                "this is a webhook signing secret (whsec_…), not an API key (sk_… or rk_…)",
-            ));
-        }
-        Err(ConfigError::invalid(
-            "api_key",
-            "not a Stripe API key: expected sk_live_…, sk_test_…, rk_live_… or rk_test_…",
-        ))
+        .into())
     }
 }
 
@@ -332,13 +324,33 @@ pub struct EventQuery {
     pub created_gte: Option<i64>,
     /// `created[lt]`, unix seconds.
     pub created_lt: Option<i64>,
-    /// `types[]` (up to 20, `*` wildcards as in `customer.*`); one type goes out as `type`.
+    /// One type goes out as `type`, which may be a `*` wildcard (`customer.*`); several go out as
+    /// `types[]`, which Stripe matches exactly (up to 20 names, no wildcards): see
+    /// [`EventQuery::check`].
     pub types: Vec<String>,
     /// `delivery_success`: `false` lists events whose webhook delivery has not succeeded.
     pub delivery_success: Option<bool>,
 }
 
 impl EventQuery {
+    /// Rejects what Stripe would refuse or silently not match: more than 20 types, or a
+    /// wildcard among several types.
+    pub fn check(&self) -> Result<(), String> {
+        if self.types.len() > 20 {
+            return Err(format!(
+                "{} event types given; Stripe takes at most 20",
+                self.types.len()
+            ));
+        }
+        if self.types.len() > 1 && self.types.iter().any(|t| t.contains('*')) {
+            return Err(
+                "a wildcard type (customer.*) works only on its own: Stripe matches several types exactly"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     fn params(&self) -> Vec<(String, String)> {
         let mut p = Vec::new();
         if let Some(t) = self.created_gte {
@@ -481,6 +493,7 @@ impl StripeClient {
         query: &EventQuery,
         starting_after: Option<&str>,
     ) -> Result<Page<Event>, StripeError> {
+        query.check().map_err(StripeError::Config)?;
         let page: Page<Value> = self.list("/v1/events", query.params(), starting_after).await?;
         let data = page
             .data
@@ -781,9 +794,10 @@ mod tests {
         assert_eq!(KeyMode::of("rk_live_abc").unwrap(), KeyMode::Live);
         assert_eq!(KeyMode::of("sk_test_abc").unwrap(), KeyMode::Test);
         assert_eq!(KeyMode::of("rk_test_abc").unwrap(), KeyMode::Test);
-        for bad in ["", "pk_test_abc", "whsec_abc", "sk_test_", "hello"] {
-            let e = KeyMode::of(bad).unwrap_err().to_string();
-            assert!(e.contains("api_key"), "{bad}: {e}");
+        for bad in ["", "pk_test_abc123", "whsec_abc123", "sk_test_", "hello123"] {
+            let e = KeyMode::of(bad).unwrap_err();
+            assert!(e.contains("key"), "{bad}: {e}");
+            assert!(!e.contains("123"), "the key must not be echoed: {e}");
         }
         assert!(
             KeyMode::of("pk_live_x")

@@ -675,6 +675,7 @@ fn from_a_stripe_events_record() {
         raw_body: body("customer.created", r#"{"id":"cus_1","name":"Cher"}"#),
         signature_header: "t=1,v1=00".into(),
         received_at: 1_700_000_123_456,
+        source: Some("webhook".into()),
     };
     let got = customer_from_stripe_event(&record).unwrap().unwrap();
     assert_eq!(

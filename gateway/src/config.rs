@@ -12,7 +12,9 @@ use std::{
 use common::config::{
     ConfigArgs, ConfigError, HumanDuration, KafkaSettings, RegistrySettings, Secret, Settings,
 };
-use common::{kafka::TopicSettings, retry::BackoffSettings, telemetry::TelemetrySettings};
+use common::{
+    kafka::TopicSettings, retry::BackoffSettings, stripe::StripeSettings, telemetry::TelemetrySettings,
+};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
@@ -70,6 +72,28 @@ pub struct GatewayConfig {
     /// Event types to write (`customer.updated`, `customer.*`, `*`). Empty (default): all.
     /// Others are answered 200 and not written; prefer choosing events on the Stripe endpoint.
     pub event_types: StringList,
+    /// Stripe's API, for `gateway backfill` (`STRIPE_API_KEY`, `STRIPE_API_BASE`,
+    /// `GATEWAY_STRIPE__…`). Not used by the webhook server.
+    pub stripe: StripeSettings,
+    /// `gateway backfill`'s own settings.
+    pub backfill: BackfillSettings,
+}
+
+/// Settings of `gateway backfill`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackfillSettings {
+    /// Compacted topic holding each backfill's progress (the last event written, by window), so
+    /// an interrupted backfill continues where it stopped. Default `stripe.events.backfill`.
+    pub checkpoint_topic: String,
+}
+
+impl Default for BackfillSettings {
+    fn default() -> Self {
+        BackfillSettings {
+            checkpoint_topic: "stripe.events.backfill".into(),
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -89,6 +113,8 @@ impl Default for GatewayConfig {
             trusted_proxies: IpList::default(),
             tls: TlsSettings::default(),
             event_types: StringList::default(),
+            stripe: StripeSettings::default(),
+            backfill: BackfillSettings::default(),
         }
     }
 }
@@ -194,10 +220,10 @@ impl TlsSettings {
 
 impl Settings for GatewayConfig {
     const ENV_PREFIX: &'static str = "GATEWAY_";
+    const EXTRA_ENV: &'static [(&'static str, &'static str)] = common::stripe::STRIPE_ENV;
 
     fn validate(&self) -> Result<(), ConfigError> {
-        self.kafka.validate("kafka")?;
-        self.registry.validate("registry")?;
+        self.validate_shared()?;
         if self.webhook.secrets.is_empty() {
             return Err(ConfigError::invalid(
                 "webhook.secrets",
@@ -218,6 +244,46 @@ impl Settings for GatewayConfig {
         if self.webhook.tolerance.0.is_zero() {
             return Err(ConfigError::invalid("webhook.tolerance", "must be above zero"));
         }
+        self.validate_server()
+    }
+}
+
+impl GatewayConfig {
+    /// What the server and `backfill` both need: broker, registry.
+    fn validate_shared(&self) -> Result<(), ConfigError> {
+        self.kafka.validate("kafka")?;
+        self.registry.validate("registry")?;
+        if self.topic.trim().is_empty() {
+            return Err(ConfigError::invalid("topic", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Settings for `gateway backfill`: broker, registry, topics and Stripe's API; no webhook
+    /// secret is needed.
+    pub fn load_for_backfill(args: &ConfigArgs) -> Result<Self, ConfigError> {
+        Self::load_for_backfill_from(args, std::env::vars())
+    }
+
+    /// As [`GatewayConfig::load_for_backfill`], with the environment given explicitly.
+    pub fn load_for_backfill_from(
+        args: &ConfigArgs,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let c: GatewayConfig = common::config::extract(args, env)?;
+        c.validate_shared()?;
+        c.topics.validate("topics")?;
+        c.stripe.validate("stripe")?;
+        if c.backfill.checkpoint_topic.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "backfill.checkpoint_topic",
+                "must not be empty",
+            ));
+        }
+        Ok(c)
+    }
+
+    fn validate_server(&self) -> Result<(), ConfigError> {
         if self.topic.trim().is_empty() {
             return Err(ConfigError::invalid("topic", "must not be empty"));
         }
@@ -475,6 +541,38 @@ mod tests {
 
     fn load(pairs: &[(&str, &str)]) -> Result<GatewayConfig, ConfigError> {
         GatewayConfig::load_from(&ConfigArgs::default(), env(pairs))
+    }
+
+    #[test]
+    fn backfill_needs_a_stripe_key_and_no_webhook_secret() {
+        let backfill = |pairs: &[(&str, &str)]| {
+            GatewayConfig::load_for_backfill_from(&ConfigArgs::default(), env(pairs))
+        };
+        let err = backfill(&[]).unwrap_err().to_string();
+        assert!(
+            err.contains("stripe.api_key") && err.contains("STRIPE_API_KEY"),
+            "{err}"
+        );
+        let c = backfill(&[
+            ("STRIPE_API_KEY", "rk_live_abcdef123456"),
+            ("STRIPE_API_BASE", "http://127.0.0.1:12111"),
+        ])
+        .unwrap();
+        assert_eq!(c.stripe.api_key.expose(), "rk_live_abcdef123456");
+        assert_eq!(c.stripe.base_url, "http://127.0.0.1:12111");
+        let printed = common::config::render(&c);
+        assert!(!printed.contains("abcdef123456") && !format!("{c:?}").contains("abcdef123456"));
+        // The prefixed variable works too, and the webhook server still needs its secret.
+        let c = backfill(&[("GATEWAY_STRIPE__API_KEY", "sk_test_x1")]).unwrap();
+        assert_eq!(c.stripe.api_key.expose(), "sk_test_x1");
+        assert!(load(&[("STRIPE_API_KEY", "sk_test_x1")]).is_err());
+        let err = backfill(&[("STRIPE_API_KEY", "pk_test_x1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("publishable") && !err.contains("pk_test_x1"),
+            "{err}"
+        );
     }
 
     #[test]

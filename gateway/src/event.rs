@@ -9,7 +9,7 @@
 
 mod lenient;
 
-use schemas::StripeEvent;
+use schemas::{SOURCE_BACKFILL, SOURCE_WEBHOOK, StripeEvent};
 use serde::{
     Deserialize,
     de::{IgnoredAny, MapAccess},
@@ -60,7 +60,28 @@ pub struct VerifiedEvent {
 impl VerifiedEvent {
     /// Parses a verified body. `received_at_ms` is when the request arrived (ms since the epoch).
     pub fn parse(payload: VerifiedPayload, received_at_ms: i64) -> Result<Self, BodyError> {
-        let body = payload.body();
+        Self::from_body(
+            payload.body(),
+            payload.signature_header(),
+            received_at_ms,
+            SOURCE_WEBHOOK,
+        )
+    }
+
+    /// An event read from Stripe's events API (`gateway backfill`), parsed exactly as a webhook
+    /// body is. Authentic without a signature: it came from Stripe over TLS, asked for with the
+    /// account's API key. `raw_body` is the event as the API returned it; `signature_header` is
+    /// empty; `source` is `backfill`.
+    pub fn from_api(body: &[u8], read_at_ms: i64) -> Result<Self, BodyError> {
+        Self::from_body(body, "", read_at_ms, SOURCE_BACKFILL)
+    }
+
+    fn from_body(
+        body: &[u8],
+        signature_header: &str,
+        received_at_ms: i64,
+        source: &str,
+    ) -> Result<Self, BodyError> {
         // serde's derived structs also accept a JSON array (fields by position): refuse anything
         // but an object before parsing.
         let first = body.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
@@ -101,9 +122,10 @@ impl VerifiedEvent {
             object_type: object.object,
             request_id: request.id,
             idempotency_key: request.idempotency_key,
-            raw_body: payload.body().to_vec(),
-            signature_header: payload.signature_header().to_string(),
+            raw_body: body.to_vec(),
+            signature_header: signature_header.to_string(),
             received_at: received_at_ms,
+            source: Some(source.to_string()),
         };
         Ok(VerifiedEvent { record, key })
     }

@@ -14,12 +14,15 @@
 //! * [`config`] — settings, defaults and validation; [`tls`] — optional rustls termination.
 //! * [`send`] — `gateway send`: signs and posts test events (`send::generate` makes realistic
 //!   customer events), for people testing a deployment.
+//! * [`backfill`] — `gateway backfill`: events read from Stripe's events API, written as webhooks
+//!   are, resumable from a checkpoint in Kafka.
 //! * [`run`] (`server`) — accept connections (header read time bounded), serve until shutdown,
 //!   then drain and flush within a deadline.
 //!
 //! Neighbours: `schemas` (record and codec), `common` (config, Kafka clients, ops routes,
 //! telemetry), and downstream the enricher, which reads `stripe.events`.
 
+pub mod backfill;
 pub mod config;
 pub mod dedup;
 pub mod error;

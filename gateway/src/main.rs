@@ -28,6 +28,9 @@ enum Command {
     /// Sign Stripe events and POST them to a webhook URL (a gateway under test), printing each
     /// answer; exits non-zero when any answer is not 2xx. Needs no configuration.
     Send(gateway::send::SendArgs),
+    /// Recover events whose webhooks were missed: read them from Stripe's events API (the last
+    /// 30 days) and write them to the topic as verified webhooks are written. Resumable.
+    Backfill(gateway::backfill::BackfillArgs),
 }
 
 #[tokio::main]
@@ -53,6 +56,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 summary.errors
             );
         }
+        return Ok(());
+    }
+    if let Some(Command::Backfill(args)) = cli.command {
+        let config = GatewayConfig::load_for_backfill(&cli.config)?;
+        let telemetry = common::telemetry::init("gateway-backfill", &config.telemetry)?;
+        let shutdown = common::shutdown::on_signal();
+        let dry_run = args.dry_run;
+        let result = gateway::backfill::run(config.clone(), args, shutdown).await;
+        telemetry.shutdown();
+        let summary = result?;
+        println!(
+            "{}",
+            gateway::backfill::render_summary(&summary, dry_run, &config.topic)
+        );
         return Ok(());
     }
     let config = GatewayConfig::load(&cli.config)?;

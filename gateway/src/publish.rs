@@ -147,7 +147,13 @@ impl KafkaPublisher {
         self.inner.producer.flush(timeout).await
     }
 
-    async fn write_event(&self, event: &VerifiedEvent, budget: Duration) -> Result<Written, PublishError> {
+    /// Writes `event` and returns once it is durable, or fails within `budget` (what
+    /// [`Publisher::write`] does; `backfill` calls it directly).
+    pub async fn write_event(
+        &self,
+        event: &VerifiedEvent,
+        budget: Duration,
+    ) -> Result<Written, PublishError> {
         let inner = &self.inner;
         let deadline = tokio::time::Instant::now() + budget;
         let payload = tokio::time::timeout_at(deadline, inner.codec.encode(&inner.topic, event.record()))

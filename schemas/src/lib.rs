@@ -17,7 +17,7 @@ pub mod topics;
 pub use codec::{Codec, CodecError, RegistryConfig, SchemaMode, split_wire_format};
 pub use customer::{Customer, CustomerOp};
 pub use record::AvroRecord;
-pub use stripe_event::StripeEvent;
+pub use stripe_event::{SOURCE_BACKFILL, SOURCE_WEBHOOK, StripeEvent};
 
 /// Re-exported so callers can name schema types without depending on apache-avro themselves.
 pub use apache_avro::Schema;

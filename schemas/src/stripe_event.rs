@@ -31,6 +31,16 @@ pub struct StripeEvent {
     pub signature_header: String,
     /// Milliseconds since the epoch when the gateway received the request.
     pub received_at: i64,
+    /// How the event arrived: [`SOURCE_WEBHOOK`] or [`SOURCE_BACKFILL`]; `None` in records
+    /// written before the field existed (all webhooks). An optional field with a default, so
+    /// readers of the earlier schema read new records and new readers read old ones.
+    #[serde(default)]
+    pub source: Option<String>,
 }
+
+/// `source` of a verified webhook delivery.
+pub const SOURCE_WEBHOOK: &str = "webhook";
+/// `source` of an event read from Stripe's events API by `gateway backfill`.
+pub const SOURCE_BACKFILL: &str = "backfill";
 
 avro_record!(StripeEvent, "stripe_event.avsc");

@@ -51,6 +51,7 @@ pub fn sample_event() -> StripeEvent {
         raw_body: b"{\"id\": \"evt_1\",\n \"object\": \"event\"}\xff".to_vec(),
         signature_header: "t=1,v1=ab".into(),
         received_at: 1_700_000_000_123,
+        source: Some("webhook".into()),
     }
 }
 
@@ -96,4 +97,64 @@ proptest! {
         c.metadata = meta;
         roundtrip(&c);
     }
+}
+
+/// `stripe_event.avsc` before the optional `source` field: what earlier readers hold.
+const STRIPE_EVENT_V1: &str = include_str!("stripe_event_v1.avsc");
+
+fn write_with(schema: &apache_avro::Schema, value: Value) -> Vec<u8> {
+    let value = value.resolve(schema).unwrap();
+    GenericDatumWriter::builder(schema)
+        .build()
+        .unwrap()
+        .write_value_to_vec(value)
+        .unwrap()
+}
+
+fn read_as(writer: &apache_avro::Schema, reader: &apache_avro::Schema, bytes: &[u8]) -> Value {
+    GenericDatumReader::builder(writer)
+        .reader_schema(reader)
+        .build()
+        .unwrap()
+        .read_value(&mut &bytes[..])
+        .unwrap()
+}
+
+#[test]
+fn a_record_with_source_is_read_by_the_earlier_schema() {
+    let v1 = apache_avro::Schema::parse_str(STRIPE_EVENT_V1).unwrap();
+    let mut event = sample_event();
+    event.source = Some(schemas::SOURCE_BACKFILL.into());
+    let bytes = write_with(StripeEvent::schema(), to_value(&event).unwrap());
+    let old = read_as(StripeEvent::schema(), &v1, &bytes);
+    let Value::Record(fields) = &old else {
+        panic!("{old:?}")
+    };
+    assert!(fields.iter().all(|(name, _)| name != "source"));
+    assert!(fields.contains(&("event_id".to_string(), Value::String(event.event_id.clone()))));
+    assert!(fields.contains(&(
+        "received_at".to_string(),
+        Value::TimestampMillis(event.received_at)
+    )));
+}
+
+#[test]
+fn a_record_of_the_earlier_schema_reads_with_source_null() {
+    let v1 = apache_avro::Schema::parse_str(STRIPE_EVENT_V1).unwrap();
+    let event = sample_event();
+    let Value::Record(mut fields) = to_value(&event).unwrap() else {
+        panic!("a record")
+    };
+    fields.retain(|(name, _)| name != "source");
+    let bytes = write_with(&v1, Value::Record(fields));
+    let new = read_as(&v1, StripeEvent::schema(), &bytes);
+    let back: StripeEvent = from_value(&new).unwrap();
+    assert_eq!(back.source, None);
+    assert_eq!(
+        back,
+        StripeEvent {
+            source: None,
+            ..event
+        }
+    );
 }

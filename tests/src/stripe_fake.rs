@@ -1,8 +1,8 @@
 //! A local fake of the part of Stripe's REST API the pipeline's jobs read (`backfill`,
 //! `reconcile`), served by axum on a free port inside the test process. Faithful to what Stripe
 //! documents: list objects newest first with `limit` (1–100, default 10), `starting_after` /
-//! `ending_before` cursors and `has_more`; the events list's `created[gte|gt|lte|lt]`, `type` /
-//! `types[]` (with `*` wildcards, mutually exclusive) and `delivery_success` filters and its
+//! `ending_before` cursors and `has_more`; the events list's `created[gte|gt|lte|lt]`, `type` (one
+//! name or a `*` wildcard) / `types[]` (up to 20 exact names; mutually exclusive with `type`) and `delivery_success` filters and its
 //! 30-day retention; deleted customers absent from lists and answered as
 //! `{"id", "object": "customer", "deleted": true}` by `GET /v1/customers/{id}`; errors as
 //! `{"error": {"type", "code", "message", "param"}}` with a `Request-Id` header; API keys as a
@@ -31,6 +31,7 @@
 //! * Faults: [`StripeFake::set_rate_limit`], [`StripeFake::set_latency`],
 //!   [`StripeFake::fail_next`] (answer the next requests with a status and optional
 //!   `Stripe-Should-Retry`).
+//! * [`StripeFake::client_settings`] — `common::stripe` settings pointing at the fake.
 //! * What happened: [`StripeFake::requests`] (path and query of every request),
 //!   [`StripeFake::throttled`].
 
@@ -158,6 +159,22 @@ impl StripeFake {
     /// Base URL, for `STRIPE_API_BASE` / `stripe.base_url`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Client settings pointing at the fake: its key and URL, a pace of 1000 requests/s and short
+    /// retry delays (10–50 ms), so tests are quick and rate limiting is the fake's to decide.
+    pub fn client_settings(&self) -> common::stripe::StripeSettings {
+        use common::config::{HumanDuration, Secret};
+        common::stripe::StripeSettings {
+            api_key: Secret::new(self.api_key()),
+            base_url: self.url(),
+            requests_per_second: 1000.0,
+            backoff: common::retry::BackoffSettings {
+                initial: HumanDuration::millis(10),
+                max: HumanDuration::millis(50),
+            },
+            ..common::stripe::StripeSettings::default()
+        }
     }
 
     /// The key it accepts, for `STRIPE_API_KEY`.
@@ -679,7 +696,12 @@ async fn list_events(State(state): State<Shared>, headers: HeaderMap, RawQuery(q
         if many.len() > 20 {
             return Err(ApiError::invalid("You may pass at most 20 types.", Some("types")));
         }
-        let patterns: Vec<String> = single.into_iter().chain(many).collect();
+        // `type` takes one name or a `*` wildcard; `types[]` takes exact names only.
+        let matches = |t: &str| match (&single, many.is_empty()) {
+            (Some(p), _) => type_matches(p, t),
+            (None, false) => many.iter().any(|m| m == t),
+            (None, true) => true,
+        };
         let delivery = match param(q, "delivery_success") {
             None => None,
             Some("true") => Some(true),
@@ -697,9 +719,8 @@ async fn list_events(State(state): State<Shared>, headers: HeaderMap, RawQuery(q
         let ordered = events
             .into_iter()
             .map(|e| {
-                let keep = created(e.created)
-                    && (patterns.is_empty() || patterns.iter().any(|p| type_matches(p, &e.event_type)))
-                    && delivery.is_none_or(|d| d == e.delivered);
+                let keep =
+                    created(e.created) && matches(&e.event_type) && delivery.is_none_or(|d| d == e.delivered);
                 (e.id.clone(), e.json.clone(), keep)
             })
             .collect();

@@ -26,6 +26,7 @@ fn event(id: &str) -> StripeEvent {
         raw_body: format!("{{\n  \"id\": \"{id}\",\n  \"object\": \"event\"\n}}").into_bytes(),
         signature_header: "t=1700000000,v1=00".into(),
         received_at: 1_700_000_000_500,
+        source: Some("webhook".into()),
     }
 }
 

@@ -19,16 +19,7 @@ fn now() -> i64 {
 }
 
 fn settings(fake: &StripeFake) -> StripeSettings {
-    StripeSettings {
-        api_key: Secret::new(fake.api_key()),
-        base_url: fake.url(),
-        requests_per_second: 1000.0,
-        backoff: BackoffSettings {
-            initial: HumanDuration::millis(10),
-            max: HumanDuration::millis(50),
-        },
-        ..StripeSettings::default()
-    }
+    fake.client_settings()
 }
 
 fn customer(id: &str, created: i64) -> serde_json::Value {
@@ -289,4 +280,121 @@ async fn requests_are_paced_at_the_configured_rate() {
         start.elapsed()
     );
     assert_eq!(fake.throttled(), 0);
+}
+
+#[tokio::test]
+async fn several_types_match_exactly_and_one_may_be_a_wildcard() {
+    let fake = StripeFake::start().await.unwrap();
+    let t = now() - 100;
+    for (id, kind) in [
+        ("evt_a", "customer.created"),
+        ("evt_b", "customer.updated"),
+        ("evt_c", "customer.deleted"),
+    ] {
+        fake.add_event(customer_event(id, kind, t, customer("cus_t", t)), false);
+    }
+    let client = StripeClient::new(&settings(&fake)).unwrap();
+    let ids = |page: common::stripe::Page<common::stripe::Event>| {
+        page.data.into_iter().map(|e| e.id).collect::<Vec<_>>()
+    };
+    let q = |types: &[&str]| EventQuery {
+        types: types.iter().map(|t| t.to_string()).collect(),
+        ..EventQuery::default()
+    };
+    assert_eq!(
+        ids(client.list_events(&q(&["customer.*"]), None).await.unwrap()),
+        vec!["evt_c", "evt_b", "evt_a"]
+    );
+    let two = client
+        .list_events(&q(&["customer.created", "customer.deleted"]), None)
+        .await
+        .unwrap();
+    assert_eq!(ids(two), vec!["evt_c", "evt_a"]);
+    assert_eq!(
+        fake.requests().last().unwrap().param("types[]"),
+        Some("customer.created")
+    );
+    let before = fake.requests().len();
+    let err = client
+        .list_events(&q(&["customer.*", "charge.*"]), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("wildcard"), "{err}");
+    assert_eq!(fake.requests().len(), before, "refused before sending");
+}
+
+/// The fake's list rules at the HTTP level, as Stripe documents them: `limit` defaults to 10 and
+/// is 1–100; `ending_before` pages towards newer objects; an unknown cursor is 404
+/// `resource_missing`; a missing key is 401.
+#[tokio::test]
+async fn the_fake_paginates_as_stripe_documents() {
+    let fake = StripeFake::start().await.unwrap();
+    let ids = seed_events(&fake, 15);
+    let http = reqwest::Client::new();
+    let get = |q: &'static str| {
+        http.get(format!("{}/v1/events?{q}", fake.url()))
+            .bearer_auth(fake.api_key())
+            .send()
+    };
+    let page: serde_json::Value = get("").await.unwrap().json().await.unwrap();
+    assert_eq!(page["object"], "list");
+    assert_eq!(page["data"].as_array().unwrap().len(), 10, "default limit");
+    assert_eq!(page["has_more"], true);
+    assert_eq!(page["data"][0]["id"], ids[14].as_str(), "newest first");
+
+    let r = get("limit=101").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["param"], "limit");
+
+    // ending_before evt_p5 with limit 3: the three next newer (p8, p7, p6), newest first, more beyond.
+    let r = http
+        .get(format!("{}/v1/events?limit=3&ending_before=evt_p5", fake.url()))
+        .bearer_auth(fake.api_key())
+        .send()
+        .await
+        .unwrap();
+    let page: serde_json::Value = r.json().await.unwrap();
+    let got: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, vec!["evt_p8", "evt_p7", "evt_p6"]);
+    assert_eq!(page["has_more"], true);
+
+    let r = get("starting_after=evt_nope").await.unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "resource_missing");
+    assert!(r_has_request_id(&fake).await);
+
+    let r = http
+        .get(format!("{}/v1/events", fake.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not provide an API key")
+    );
+}
+
+async fn r_has_request_id(fake: &StripeFake) -> bool {
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/customers/cus_none", fake.url()))
+        .bearer_auth(fake.api_key())
+        .send()
+        .await
+        .unwrap();
+    r.status() == 404
+        && r.headers()
+            .get("request-id")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("req_"))
 }

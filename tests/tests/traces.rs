@@ -385,6 +385,7 @@ async fn one_trace_follows_a_webhook_through_every_stage_to_dataverse() {
             raw_body: body.into_bytes(),
             signature_header: "t=0,v1=00".into(),
             received_at: now() * 1000,
+            source: Some("webhook".into()),
         };
         let payload = codec.encode(&names.events_topic, &event).await.unwrap();
         let mut record = FutureRecord::to(&names.events_topic).key(*id).payload(&payload);

@@ -305,6 +305,7 @@ pub fn stripe_event(
         raw_body,
         signature_header: "t=1700000000,v1=00".into(),
         received_at: 1_700_000_000_000 + seq,
+        source: Some("webhook".into()),
     }
 }
 
