@@ -40,7 +40,7 @@ COPY . .
 RUN cargo build --release --locked --workspace --bins \
  && mkdir -p /out \
  && cp target/release/gateway target/release/enricher target/release/sink-dataverse \
-       target/release/dataverse-emulator /out/
+       target/release/dataverse-emulator target/release/reconcile /out/
 
 # The runtime: Debian slim with CA certificates (Dataverse, Entra ID and any TLS broker are
 # verified against them) and curl for the health checks; an unprivileged user.
