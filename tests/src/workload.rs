@@ -139,13 +139,20 @@ struct Change {
     state: Expected,
 }
 
-/// Generates a workload; customer and event ids start with `prefix`.
+/// Generates a workload; customer and event ids start with `prefix`. Event times lie in the week
+/// before now.
 pub fn generate(prefix: &str, spec: &Spec, seed: u64) -> Workload {
-    let mut rng = StdRng::seed_from_u64(seed);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("the clock is after 1970")
         .as_secs() as i64;
+    generate_at(prefix, spec, seed, now)
+}
+
+/// [`generate`] as of `now` (unix seconds): the same prefix, spec, seed and `now` give the same
+/// workload.
+pub fn generate_at(prefix: &str, spec: &Spec, seed: u64, now: i64) -> Workload {
+    let mut rng = StdRng::seed_from_u64(seed);
     // A week ago, as after an outage: well inside the 30 days Stripe keeps events.
     let base = now - 7 * 86_400;
     let mut changes: Vec<Change> = Vec::new();
@@ -492,7 +499,8 @@ mod tests {
     #[test]
     fn generated_histories_match_the_model() {
         let spec = Spec::default();
-        let w = generate("t", &spec, 7);
+        let now = 1_796_000_000;
+        let w = generate_at("t", &spec, 7, now);
         assert!(w.events >= spec.events);
         assert!(w.deliveries.len() > w.events, "some events are delivered twice");
         let ids: std::collections::HashSet<&str> = w.deliveries.iter().map(|d| d.event_id.as_str()).collect();
@@ -511,8 +519,8 @@ mod tests {
         assert!(out_of_order > 0);
         assert!(w.expected.values().any(|e| e.deleted));
         assert!(w.expected.values().any(|e| !e.deleted));
-        // Same seed, same workload.
-        let again = generate("t", &spec, 7);
+        // Same seed, same workload (times are relative to `now`, so the same `now` too).
+        let again = generate_at("t", &spec, 7, now);
         assert_eq!(again.expected, w.expected);
     }
 
