@@ -30,7 +30,6 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     producer::FutureRecord,
 };
-use schemas::Codec;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -347,16 +346,7 @@ struct Writer {
 
 impl Writer {
     async fn connect(config: &GatewayConfig) -> anyhow::Result<Self> {
-        let codec = Codec::new(&config.registry.codec_config())
-            .context("setting `registry`: cannot create the schema registry client")?;
-        let publisher = KafkaPublisher::connect(
-            &config.producer_kafka(),
-            config.produce_timeout(),
-            codec,
-            &config.topic,
-        )
-        .await
-        .context("setting `kafka`: cannot create the Kafka producer")?;
+        let publisher = crate::server::connect_publisher(config).await?;
         let mut specs = Vec::new();
         if config.topics.create {
             let mut spec = config.topics.spec(&config.topic);

@@ -48,16 +48,7 @@ pub async fn run(
         true => Some(tls::acceptor(&config.tls)?),
         false => None,
     };
-    let codec = Codec::new(&config.registry.codec_config())
-        .context("setting `registry`: cannot create the schema registry client")?;
-    let publisher = KafkaPublisher::connect(
-        &config.producer_kafka(),
-        config.produce_timeout(),
-        codec,
-        &config.topic,
-    )
-    .await
-    .context("setting `kafka`: cannot create the Kafka producer")?;
+    let publisher = connect_publisher(&config).await?;
 
     // Cancelled (used as a set-once flag) once the topic and schema are prepared.
     let prepared = CancellationToken::new();
@@ -308,4 +299,19 @@ async fn prepare(
 /// The address a `run` listening on `listener` is reachable at, for the start-up line.
 pub fn url(addr: SocketAddr, tls: bool) -> String {
     format!("{}://{addr}", if tls { "https" } else { "http" })
+}
+
+/// The webhook topic's publisher as the configuration sets it up (registry client and producer),
+/// for the server and for `backfill`, which writes events exactly as webhooks are written.
+pub(crate) async fn connect_publisher(config: &GatewayConfig) -> anyhow::Result<KafkaPublisher> {
+    let codec = Codec::new(&config.registry.codec_config())
+        .context("setting `registry`: cannot create the schema registry client")?;
+    KafkaPublisher::connect(
+        &config.producer_kafka(),
+        config.produce_timeout(),
+        codec,
+        &config.topic,
+    )
+    .await
+    .context("setting `kafka`: cannot create the Kafka producer")
 }

@@ -470,22 +470,7 @@ impl Transport {
         if self.limiter.is_paused() {
             return Ok(());
         }
-        let token = self.tokens.token().await.map_err(|e| match e {
-            AuthError::Refused { .. } => ProbeError::Refused(e.to_string()),
-            AuthError::Unavailable(_) => ProbeError::Unavailable(e.to_string()),
-        })?;
-        let url = self.url(path);
-        let response = self
-            .request(reqwest::Method::GET, &url)
-            .bearer_auth(&*token)
-            .send()
-            .await
-            .map_err(|e| ProbeError::Unavailable(describe(&e)))?;
-        let status = response.status().as_u16();
-        if status == 401 {
-            self.tokens.reject(&token);
-        }
-        let body = response.bytes().await.unwrap_or_default();
+        let (status, body) = self.get_unlimited(path).await?;
         match status {
             200..=299 | 429 => Ok(()),
             401 | 408 | 409 | 500..=599 => Err(ProbeError::Unavailable(
