@@ -667,15 +667,24 @@ pub struct ContactStore {
     dataverse: Arc<Batcher>,
     columns: Columns,
     select: String,
+    /// What a write asks back (`Prefer: return=representation`): the guard's columns only.
+    select_written: String,
 }
 
 impl ContactStore {
     pub fn new(dataverse: Arc<Batcher>, columns: Columns) -> Self {
         let select = odata::select_query(&columns.select());
+        let select_written = odata::select_query(&[
+            columns.created.as_str(),
+            columns.deleted.as_str(),
+            columns.rank.as_str(),
+            columns.event_ids.as_str(),
+        ]);
         ContactStore {
             dataverse,
             columns,
             select,
+            select_written,
         }
     }
 
@@ -707,27 +716,38 @@ impl Contacts for ContactStore {
         }
     }
 
-    async fn write(&self, customer_id: &str, write: &Write) -> Result<(), WriteError> {
+    /// A patch asks for the row back (`Prefer: return=representation`, the guard's columns), so
+    /// the sink knows the new etag without reading it.
+    async fn write(&self, customer_id: &str, write: &Write) -> Result<Option<StoredRow>, WriteError> {
         let condition = match &write.precondition {
             Precondition::Matches(etag) => ("If-Match", etag.clone()),
             Precondition::Absent => ("If-None-Match", "*".to_string()),
         };
-        let (method, body) = match &write.request {
-            Request::Patch(body) => (
-                Method::Patch,
-                Some(serde_json::Value::Object(body.clone()).to_string()),
-            ),
-            Request::Delete => (Method::Delete, None),
+        let mut headers = vec![condition];
+        let (method, path, body) = match &write.request {
+            Request::Patch(body) => {
+                headers.push(("Prefer", "return=representation".to_string()));
+                (
+                    Method::Patch,
+                    format!("{}{}", self.row_path(customer_id), self.select_written),
+                    Some(serde_json::Value::Object(body.clone()).to_string()),
+                )
+            }
+            Request::Delete => (Method::Delete, self.row_path(customer_id), None),
         };
         let op = Operation {
             method,
-            path: self.row_path(customer_id),
-            headers: vec![condition],
+            path,
+            headers,
             body,
         };
         let answer = self.dataverse.execute(op).await?;
         match answer.status {
-            200..=299 => Ok(()),
+            // The row as written; an answer without one (204) only means the sink reads next time.
+            200 | 201 => Ok(serde_json::from_slice(&answer.body)
+                .ok()
+                .and_then(|body| StoredRow::from_json(&self.columns, &body))),
+            200..=299 => Ok(None),
             status => Err(classify(status, &answer.body, true)),
         }
     }

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::{
     apply::{Contacts, Finished, apply},
+    cache::KnownRows,
     error::WriteError,
     guard::Outcome,
     mapping::Columns,
@@ -40,6 +41,8 @@ pub mod headers {
 pub struct SinkHandler<C> {
     pub codec: Codec,
     pub contacts: Arc<C>,
+    /// What the sink last read or wrote of each contact.
+    pub known: KnownRows,
     pub columns: Columns,
     pub dead_letters: DeadLetters,
     pub dlq_topic: String,
@@ -176,6 +179,7 @@ impl<C: Contacts> SinkHandler<C> {
             let started = Instant::now();
             let finished = apply(
                 &*self.contacts,
+                &self.known,
                 &self.columns,
                 change,
                 &self.metrics,

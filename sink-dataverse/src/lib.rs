@@ -7,8 +7,11 @@
 //!   commits never pass an unfinished record. This crate only supplies its handler.
 //! * [`handler`] — decodes records, applies one customer's changes in partition order and
 //!   different customers concurrently, dead-letters refusals with Dataverse's code and message.
-//! * [`apply`] — the write loop (read → decide → conditional write → on 412 decide again) and
+//! * [`apply`] — the write loop (known row or read → decide → conditional write → on 412 read and
+//!   decide again) and
 //!   the retry policy (transient failures retried, never skipped).
+//! * [`cache`] — what the sink last read or wrote of each contact (bounded), so known contacts
+//!   are written without a read and new ones are created without one.
 //! * [`guard`] — the staleness guard: which conditional write, if any, applies a change. Pure.
 //! * [`mapping`] — `Customer` → contact columns, the tombstone. Pure.
 //! * [`client`] — HTTP: tokens, the shared rate limiter, `$batch` coalescing (`Batcher`, whose
@@ -27,6 +30,7 @@
 pub mod apply;
 pub mod auth;
 pub mod batch;
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -96,6 +100,7 @@ pub async fn run(
         Ok::<_, StartError>(SinkHandler {
             codec,
             contacts: Arc::new(ContactStore::new(dataverse, columns.clone())),
+            known: cache::KnownRows::new(config.contact_cache_entries),
             columns,
             dead_letters: startup.dead_letters,
             dlq_topic: config.dlq_topic(),

@@ -28,6 +28,11 @@ struct ReasonLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -53,6 +58,34 @@ pub struct Metrics {
     request_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
     token_renewals: Family<ReasonLabel, Counter>,
     concurrency_limit: Gauge,
+    cache_lookups: Family<ResultLabel, Counter>,
+    reads: Counter,
+    cache_entries: Gauge,
+    budget_remaining_seconds: Gauge<f64, AtomicU64>,
+    budget_remaining_requests: Gauge,
+}
+
+/// How a change found what it needed to know of its contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// The sink's own last read or write of it.
+    Hit,
+    /// Unknown, presumed new: written create-only.
+    PresumedNew,
+    /// Unknown, read first.
+    Read,
+}
+
+impl Lookup {
+    pub const ALL: [Lookup; 3] = [Lookup::Hit, Lookup::PresumedNew, Lookup::Read];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lookup::Hit => "hit",
+            Lookup::PresumedNew => "presumed_new",
+            Lookup::Read => "read",
+        }
+    }
 }
 
 impl Metrics {
@@ -72,6 +105,11 @@ impl Metrics {
             request_seconds: Family::new_with_constructor(request_histogram),
             token_renewals: Family::default(),
             concurrency_limit: Gauge::default(),
+            cache_lookups: Family::default(),
+            reads: Counter::default(),
+            cache_entries: Gauge::default(),
+            budget_remaining_seconds: Gauge::default(),
+            budget_remaining_requests: Gauge::default(),
         };
         registry.register(
             "writes",
@@ -132,10 +170,41 @@ impl Metrics {
             "Concurrent Dataverse requests allowed now",
             m.concurrency_limit.clone(),
         );
+        registry.register(
+            "contact_cache_lookups",
+            "Customer changes by what the sink knew of the contact: hit (its own last read or write), presumed_new (unknown, written create-only), read (unknown, read first)",
+            m.cache_lookups.clone(),
+        );
+        registry.register(
+            "contact_cache_entries",
+            "Contacts the sink remembers (bounded by contact_cache_entries)",
+            m.cache_entries.clone(),
+        );
+        registry.register(
+            "reads",
+            "Contacts read from Dataverse by alternate key",
+            m.reads.clone(),
+        );
+        registry.register_with_unit(
+            "budget_remaining_execution",
+            "Execution time left in Dataverse's service protection window, as its last answer said (x-ms-ratelimit-time-remaining-xrm-requests)",
+            Unit::Seconds,
+            m.budget_remaining_seconds.clone(),
+        );
+        registry.register(
+            "budget_remaining_requests",
+            "Requests left in Dataverse's service protection window, as its last answer said (x-ms-ratelimit-burst-remaining-xrm-requests)",
+            m.budget_remaining_requests.clone(),
+        );
         // Every fixed series exists from the start, so rates and alerts work before the first write.
         for outcome in Outcome::ALL {
             let _ = m.writes.get_or_create(&OutcomeLabel {
                 outcome: outcome.as_str(),
+            });
+        }
+        for lookup in Lookup::ALL {
+            let _ = m.cache_lookups.get_or_create(&ResultLabel {
+                result: lookup.as_str(),
             });
         }
         for kind in ["single", "batch"] {
@@ -165,6 +234,29 @@ impl Metrics {
 
     pub fn retried(&self, class: &'static str) {
         self.retries.get_or_create(&ClassLabel { class }).inc();
+    }
+
+    pub fn lookup(&self, lookup: Lookup, cache_entries: usize) {
+        self.cache_lookups
+            .get_or_create(&ResultLabel {
+                result: lookup.as_str(),
+            })
+            .inc();
+        self.cache_entries.set(cache_entries as i64);
+    }
+
+    pub fn read(&self) {
+        self.reads.inc();
+    }
+
+    /// What Dataverse's last answer said is left of its budget.
+    pub fn budget_remaining(&self, requests: Option<u64>, execution_ms: Option<f64>) {
+        if let Some(requests) = requests {
+            self.budget_remaining_requests.set(requests as i64);
+        }
+        if let Some(ms) = execution_ms {
+            self.budget_remaining_seconds.set(ms / 1000.0);
+        }
     }
 
     pub fn conflict(&self) {
