@@ -244,6 +244,14 @@ impl Transport {
             if let Some(hint) = header(&headers, "x-ms-dop-hint").and_then(odata::dop_hint) {
                 self.limiter.hint(hint);
             }
+            let requests_left = header(&headers, "x-ms-ratelimit-burst-remaining-xrm-requests")
+                .and_then(odata::header_number)
+                .map(|n| n as u64);
+            let execution_left =
+                header(&headers, "x-ms-ratelimit-time-remaining-xrm-requests").and_then(odata::header_number);
+            self.limiter
+                .remaining(requests_left, execution_left, started.elapsed());
+            self.metrics.budget_remaining(requests_left, execution_left);
             match status {
                 401 if !renewed => {
                     tracing::info!("Dataverse refused the access token; renewing it");

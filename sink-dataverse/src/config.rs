@@ -303,6 +303,11 @@ pub struct ThrottleSettings {
     /// Longest `Retry-After` honoured; longer values are cut to this. Default `300s` (the
     /// service protection window).
     pub max_retry_after: HumanDuration,
+    /// Dataverse's service protection window, which its `x-ms-ratelimit-*-remaining` headers
+    /// describe. With the execution time they report, it fixes how many requests can be in
+    /// flight for good (budget ÷ window: 1,200 s ÷ 300 s = 4). Change it only for an emulator
+    /// with a shrunk window. Default `300s`.
+    pub window: HumanDuration,
 }
 
 impl Default for ThrottleSettings {
@@ -311,6 +316,7 @@ impl Default for ThrottleSettings {
             ramp_up_after: 20,
             default_retry_after: HumanDuration::secs(5),
             max_retry_after: HumanDuration::secs(300),
+            window: HumanDuration::secs(300),
         }
     }
 }
@@ -369,6 +375,9 @@ impl Settings for SinkConfig {
         }
         self.backoff.validate("backoff")?;
         let r = &self.throttle;
+        if r.window.0.is_zero() {
+            return Err(ConfigError::invalid("throttle.window", "must be longer than 0s"));
+        }
         if r.ramp_up_after == 0 {
             return Err(ConfigError::invalid(
                 "throttle.ramp_up_after",

@@ -141,10 +141,10 @@ pub fn connect(config: &SinkConfig) -> anyhow::Result<Connection> {
         },
         metrics.clone(),
     ));
-    let limiter = Limiter::new(Controller::new(
-        config.max_concurrency,
-        config.throttle.ramp_up_after,
-    ));
+    let limiter = Limiter::new(
+        Controller::new(config.max_concurrency, config.throttle.ramp_up_after)
+            .with_window(config.throttle.window.into()),
+    );
     metrics.concurrency_limit(limiter.limit());
     let transport = Arc::new(Transport::new(
         http,

@@ -107,9 +107,25 @@ pub fn dop_hint(value: &str) -> Option<usize> {
     value.trim().parse::<usize>().ok().filter(|n| *n > 0)
 }
 
+/// A number in a rate-limit header (`1199.97`, `1,199.97`, `42`); `None` when it is not one.
+pub fn header_number(value: &str) -> Option<f64> {
+    let cleaned: String = value.trim().chars().filter(|c| *c != ',').collect();
+    cleaned.parse::<f64>().ok().filter(|n| n.is_finite() && *n >= 0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limit_header_numbers() {
+        assert_eq!(header_number("1199.97"), Some(1199.97));
+        assert_eq!(header_number(" 1,199,725.00 "), Some(1_199_725.0));
+        assert_eq!(header_number("42"), Some(42.0));
+        assert_eq!(header_number("-1"), None);
+        assert_eq!(header_number("lots"), None);
+        assert_eq!(header_number("NaN"), None);
+    }
 
     #[test]
     fn key_paths_quote_and_encode() {

@@ -28,7 +28,7 @@ mod bulk;
 pub mod config;
 mod error;
 mod faults;
-mod limits;
+pub mod limits;
 mod metadata;
 mod odata;
 mod persist;
