@@ -165,7 +165,7 @@ start_gateway() {
 loadgen() { # ROW ARGS… (the output is kept as $DIR/<row>.txt)
   local row="$1" out
   shift
-  out="$DIR/${row// /_}.txt"
+  out="$DIR/$(tr -c 'A-Za-z0-9=.\n-' _ <<<"$row").txt"
   "$BIN/examples/loadgen" --url "$GATEWAY_URL/webhooks/stripe" --secret "$GATEWAY_SECRET" \
     --label "$row" "$@" > "$out"
   grep -v '^BENCH ' "$out" | sed 's/^/    /' >&2

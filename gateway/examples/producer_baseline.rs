@@ -118,6 +118,19 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("record size (key + value, mean): {} bytes", bytes / records.len());
 
     let producer = kafka::producer(&settings, "bench-producer", Duration::from_secs(30))?;
+    // The producer's connections and idempotent session are set up before the clock starts (the
+    // gateway's are, by its start-up and the warm-up): one record, awaited.
+    let first = &records[0];
+    producer
+        .send(
+            FutureRecord::to(&args.topic)
+                .key(&first.key)
+                .payload(&first.payload)
+                .headers(first.headers.clone()),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("the warm-up record failed: {e}"))?;
     let records = Arc::new(records);
     let next = Arc::new(AtomicUsize::new(0));
     let latency = Arc::new(Mutex::new(support::histogram()));
