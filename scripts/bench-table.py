@@ -51,7 +51,7 @@ def main(path):
             if g:
                 ratio = g["throughput"] / p["throughput"] if p and p["throughput"] else None
                 out.append([f"gateway c={c}", f"{g['ok']}/{g['events']}", g["throughput"], *latency_cells(g),
-                            fmt(ratio), f"≥ 0.80 {verdict(ratio is not None and ratio >= 0.8)}"])
+                            fmt(ratio, 3), f"≥ 0.80 {verdict(ratio is not None and ratio >= 0.8)}"])
         o = find("gateway", "gateway open 1000/s")
         if o:
             p99 = (o.get("latency_ms") or {}).get("p99")
@@ -69,7 +69,7 @@ def main(path):
                 continue
             ratio = r["throughput"] / base["throughput"] if base and name == "enricher" else None
             target = f"≥ 0.70 {verdict(ratio >= 0.7)}" if ratio is not None else ""
-            out.append([name, r["done"], r["elapsed_s"], r["throughput"], fmt(ratio) if ratio else "", target])
+            out.append([name, r["done"], r["elapsed_s"], r["throughput"], fmt(ratio, 3) if ratio else "", target])
         table(["reader", "records", "seconds", "records/s", "ratio to baseline", "target"], out)
 
     if by("sink"):
@@ -98,7 +98,7 @@ def main(path):
             to_ceiling = sink["throughput"] / ceiling if ceiling else None
             to_seed = sink["throughput"] / seed["throughput"] if seed and seed["throughput"] else None
             out.append(["sink-dataverse", sink["done"], sink["elapsed_s"], sink["throughput"], fmt(frac),
-                        f"{fmt(to_ceiling)} (≥ 0.9 {verdict(to_ceiling is not None and to_ceiling >= 0.9)})",
+                        f"{fmt(to_ceiling, 3)} (≥ 0.9 {verdict(to_ceiling is not None and to_ceiling >= 0.9)})",
                         f"{fmt(to_seed)} (≥ 6 {verdict(to_seed is not None and to_seed >= 6)})",
                         f"{m.get('throttled', '-')} × 429"])
         table(["writer", "changes", "seconds", "changes/s", "time throttled", "ratio to ceiling", "ratio to seed", "429s"], out)
