@@ -352,6 +352,15 @@ scenario_e2e() {
   wait_http "$SINK_URL/readyz" 60
   loadgen "e2e open ${rate}/s" --mode open --rate "$rate" --events $(( rate * seconds )) \
     --max-seconds $(( seconds + 10 )) --e2e-emulator "$EMULATOR" --e2e-deadline-seconds 60
+  curl -fsS "$SINK_URL/metrics" | grep -E '^sink_dataverse_(writes_total\{outcome="(created|updated)"|batch_size_(sum|count)|request_seconds_(sum|count)\{kind="batch"|concurrency_limit)' \
+    | sed 's/^/    /' >&2 || true
+  curl -fsS "$EMULATOR/_admin/stats" > "$DIR/emulator-stats.json" || true
+  python3 - "$DIR/emulator-stats.json" >&2 <<'PY' || true
+import json, sys
+s = json.load(open(sys.argv[1]))
+print("    emulator: requests", s.get("requests_total"), "by status", s.get("requests_by_status"),
+      "operations", s.get("operations"), "batches", s.get("batches"))
+PY
   stop gateway "$GATEWAY_PID"
   stop enricher "$ENRICHER_PID"
   stop sink-dataverse "$SINK_PID"
