@@ -53,7 +53,7 @@ echo "building (release)" >&2
 cargo build -q --release -p gateway -p enricher -p sink-dataverse -p dataverse-emulator --bins
 cargo build -q --release -p gateway --example loadgen
 cargo build -q --release -p harness --example drain
-cargo build -q -p schema-registry --bins
+cargo build -q --release -p schema-registry --bins
 DRAIN="$TARGET/release/examples/drain"
 
 BROKER_PORT=$(free_port); REGISTRY_PORT=$(free_port); GATEWAY_PORT=$(free_port)
@@ -67,7 +67,7 @@ bash "$ROOT/dev/tansu/apply-indexes.sh" "$WORK/tansu.db"
   --advertised-listener-url "tcp://$BOOTSTRAP" --storage-engine sqlite://tansu.db) \
   > "$WORK/broker.log" 2>&1 &
 PIDS+=($!)
-"$TARGET/debug/schema-registry" --listen "127.0.0.1:$REGISTRY_PORT" --data-dir "$WORK/registry" \
+"$TARGET/release/schema-registry" --listen "127.0.0.1:$REGISTRY_PORT" --data-dir "$WORK/registry" \
   > "$WORK/registry.log" 2>&1 &
 PIDS+=($!)
 "$TARGET/release/dataverse-emulator" --listen "127.0.0.1:$EMULATOR_PORT" > "$WORK/emulator.log" 2>&1 &
