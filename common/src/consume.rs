@@ -130,7 +130,8 @@ pub struct ConsumerSettings {
     /// Records queued for one partition before it is paused. Default 5000.
     pub max_queued_per_partition: usize,
     /// How often finished offsets are handed to the background commit (which runs every second;
-    /// `kafka.properties.auto.commit.interval.ms` changes that). Default `200ms`.
+    /// `kafka.properties.auto.commit.interval.ms` changes that). When nothing is in flight, they
+    /// are committed at once. Default `200ms`.
     pub store_interval: HumanDuration,
     /// On shutdown, how long batches in hand may run before they are abandoned (and redelivered to
     /// the next owner). Default `10s`.
@@ -792,9 +793,15 @@ async fn partition_worker<H: BatchHandler>(mut w: PartitionWork<H>) {
     }
 }
 
-/// Stores every committable offset that changed, for the background commit to pick up.
+/// Stores every committable offset that changed, for the background commit to pick up. When
+/// nothing is in flight any more (a backlog drained, a burst handled), the stored offsets are
+/// committed at once rather than at the next background commit, so a caught-up group shows no
+/// lag and a restart re-reads nothing.
 fn store_finished(consumer: &StreamConsumer<LoopContext>, shared: &Shared) {
-    let changes = shared.lock().tracker.take_committable();
+    let (changes, idle) = {
+        let mut state = shared.lock();
+        (state.tracker.take_committable(), state.tracker.in_flight() == 0)
+    };
     if changes.is_empty() {
         return;
     }
@@ -805,5 +812,9 @@ fn store_finished(consumer: &StreamConsumer<LoopContext>, shared: &Shared) {
     if let Err(e) = consumer.store_offsets(&tpl) {
         // Happens when a partition was revoked between the snapshot and the store.
         tracing::debug!(error = %e, "storing offsets failed");
+        return;
+    }
+    if idle && let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+        tracing::debug!(error = %e, "committing on idle failed; the background commit follows");
     }
 }

@@ -96,11 +96,17 @@ pub fn producer_config(
 ///   prefetch bound (one 1 MiB answer is several thousand small records), librdkafka waits this
 ///   long before it fetches the partition again. At 1 s the loop sat idle most of a backlog
 ///   drain waiting for its next records (`BENCHMARKS.md`, *drain*).
+/// * `fetch.wait.max.ms` 100 ms (librdkafka: 500 ms): how long a broker may hold a fetch that has
+///   no new records. Kafka answers as soon as a record arrives (`fetch.min.bytes` 1), so there it
+///   only sets how often an idle partition is asked again; a broker that holds the fetch for the
+///   whole wait (the local Tansu broker does) adds it to every record's latency at each consuming
+///   stage.
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("session.timeout.ms", "45000"),
     ("heartbeat.interval.ms", "3000"),
     ("queued.min.messages", "1000"),
     ("fetch.queue.backoff.ms", "10"),
+    ("fetch.wait.max.ms", "100"),
 ];
 
 /// A consumer-group member that never commits an offset the application has not stored.

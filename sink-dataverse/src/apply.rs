@@ -133,11 +133,18 @@ pub async fn apply_once<C: Contacts>(
                 if source == Source::Presumed {
                     known.learned(true);
                 }
-                if source == Source::Read {
-                    metrics.conflict();
-                    tracing::debug!(error = %conflict, "lost a race for the contact; reading it again");
-                } else {
-                    tracing::debug!(error = %conflict, known = source == Source::Known, "the contact is not as the sink last saw it; reading it");
+                match source {
+                    Source::Read => {
+                        metrics.conflict();
+                        tracing::debug!(error = %conflict, "lost a race for the contact; reading it again");
+                    }
+                    Source::Known => {
+                        metrics.conflict();
+                        tracing::debug!(error = %conflict, "the contact changed since the sink last saw it; reading it");
+                    }
+                    Source::Presumed => {
+                        tracing::debug!(error = %conflict, "the customer presumed new has a contact; reading it");
+                    }
                 }
                 last = Some((write, conflict));
             }

@@ -10,6 +10,7 @@ mod flow;
 mod ordering;
 mod outage;
 mod provision;
+mod racing;
 mod replay;
 mod startup;
 mod support;
