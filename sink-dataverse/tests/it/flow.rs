@@ -81,7 +81,12 @@ async fn n_changes_become_n_contacts_with_the_right_columns() {
         "sink_dataverse_write_seconds_bucket",
         "sink_dataverse_request_seconds_bucket",
         "sink_dataverse_token_renewals_total{reason=\"initial\"} 1",
-        "sink_dataverse_concurrency_limit 8",
+        // Dataverse's budget (the emulator's defaults): 1,200 s of execution per 300 s window.
+        "sink_dataverse_concurrency_limit 4",
+        "sink_dataverse_budget_remaining_requests",
+        "sink_dataverse_budget_remaining_execution_seconds",
+        "sink_dataverse_contact_cache_lookups_total{result=\"presumed_new\"}",
+        "sink_dataverse_reads_total",
         "sink_dataverse_consumer_lag{",
     ] {
         assert!(page.contains(family), "/metrics lacks {family}:\n{page}");
