@@ -447,59 +447,98 @@ mod tests {
         canceller.await.unwrap();
     }
 
-    fn counts(store: &Fake) -> (u32, u32) {
-        (*store.reads.lock().unwrap(), *store.writes.lock().unwrap())
+    /// A write loop with the cache on, over a fake table.
+    struct Rig {
+        store: Fake,
+        known: KnownRows,
+        metrics: Metrics,
+        cols: Columns,
+        never: CancellationToken,
+    }
+
+    impl Rig {
+        fn new(mode: DeleteMode) -> Self {
+            let store = Fake {
+                columns: Some(columns(mode)),
+                ..Fake::default()
+            };
+            Rig {
+                cols: store.columns.clone().unwrap(),
+                store,
+                known: KnownRows::new(1000),
+                metrics: Metrics::new().0,
+                never: CancellationToken::new(),
+            }
+        }
+
+        async fn run(&self, change: &Customer) -> Finished {
+            apply(
+                &self.store,
+                &self.known,
+                &self.cols,
+                change,
+                &self.metrics,
+                quick(&self.never),
+            )
+            .await
+            .unwrap()
+        }
+
+        /// Another writer applies `change` behind the sink's back.
+        fn elsewhere(&self, change: &Customer) {
+            self.store.model.lock().unwrap().apply(&self.cols, change);
+        }
+
+        fn row(&self, id: &str) -> Option<StoredRow> {
+            self.store.model.lock().unwrap().read(&self.cols, id)
+        }
+
+        /// (reads, writes) so far.
+        fn counts(&self) -> (u32, u32) {
+            (
+                *self.store.reads.lock().unwrap(),
+                *self.store.writes.lock().unwrap(),
+            )
+        }
     }
 
     #[tokio::test]
     async fn known_contacts_are_written_without_a_read_and_new_ones_created_at_once() {
-        let never = CancellationToken::new();
-        let store = fake();
-        let known = KnownRows::new(100);
-        let (metrics, _) = Metrics::new();
-        let cols = store.columns.clone().unwrap();
-        let run = |change: Customer| {
-            let (store, known, cols, metrics, never) = (&store, &known, &cols, &metrics, &never);
-            async move {
-                apply(store, known, cols, &change, metrics, quick(never))
-                    .await
-                    .unwrap()
-            }
-        };
+        let rig = Rig::new(DeleteMode::Deactivate);
         assert_eq!(
-            run(upsert("cus_1", 10, "A")).await,
+            rig.run(&upsert("cus_1", 10, "A")).await,
             Finished::Done(Outcome::Created)
         );
         assert_eq!(
-            counts(&store),
+            rig.counts(),
             (0, 1),
             "a new customer: one create-only write, no read"
         );
         assert_eq!(
-            run(upsert("cus_1", 20, "B")).await,
+            rig.run(&upsert("cus_1", 20, "B")).await,
             Finished::Done(Outcome::Updated)
         );
         assert_eq!(
-            run(upsert("cus_1", 15, "old")).await,
+            rig.run(&upsert("cus_1", 15, "old")).await,
             Finished::Done(Outcome::Stale)
         );
         assert_eq!(
-            run(upsert("cus_1", 20, "B")).await,
+            rig.run(&upsert("cus_1", 20, "B")).await,
             Finished::Done(Outcome::Unchanged)
         );
         assert_eq!(
-            run(delete("cus_1", 30)).await,
+            rig.run(&delete("cus_1", 30)).await,
             Finished::Done(Outcome::Deactivated)
         );
         assert_eq!(
-            counts(&store),
+            rig.counts(),
             (0, 3),
             "updates, stale changes and redeliveries of a known contact need no read"
         );
-        let row = store.model.lock().unwrap().read(&cols, "cus_1").unwrap();
+        let row = rig.row("cus_1").unwrap();
         assert!(row.deleted);
         assert_eq!(
-            known.get("cus_1").unwrap().etag,
+            rig.known.get("cus_1").unwrap().etag,
             row.etag,
             "the cache holds the row as written"
         );
@@ -507,107 +546,51 @@ mod tests {
 
     #[tokio::test]
     async fn a_stale_cache_costs_a_412_and_a_read_never_a_wrong_row() {
-        let never = CancellationToken::new();
-        let store = fake();
-        let known = KnownRows::new(100);
-        let (metrics, _) = Metrics::new();
-        let cols = store.columns.clone().unwrap();
-        apply(
-            &store,
-            &known,
-            &cols,
-            &upsert("cus_1", 10, "A"),
-            &metrics,
-            quick(&never),
-        )
-        .await
-        .unwrap();
-        // Another sink writes a newer change the cache has not seen.
-        store
-            .model
-            .lock()
-            .unwrap()
-            .apply(&cols, &upsert("cus_1", 30, "C"));
-        let before = counts(&store);
-        let done = apply(
-            &store,
-            &known,
-            &cols,
-            &upsert("cus_1", 20, "B"),
-            &metrics,
-            quick(&never),
-        )
-        .await
-        .unwrap();
-        assert_eq!(done, Finished::Done(Outcome::Stale), "the newer change stays");
+        let rig = Rig::new(DeleteMode::Deactivate);
+        rig.run(&upsert("cus_1", 10, "A")).await;
+        rig.elsewhere(&upsert("cus_1", 30, "C"));
+        let before = rig.counts();
         assert_eq!(
-            counts(&store),
+            rig.run(&upsert("cus_1", 20, "B")).await,
+            Finished::Done(Outcome::Stale),
+            "the newer change stays"
+        );
+        assert_eq!(
+            rig.counts(),
             (before.0 + 1, before.1 + 1),
             "one refused write, one read"
         );
-        let row = store.model.lock().unwrap().read(&cols, "cus_1").unwrap();
+        let row = rig.row("cus_1").unwrap();
         assert_eq!(row.created, Some(30));
         assert_eq!(
-            known.get("cus_1").unwrap().etag,
+            rig.known.get("cus_1").unwrap().etag,
             row.etag,
             "the read refreshed the cache"
         );
 
         // An unknown customer that exists: the create-only write loses, a read decides.
-        store
-            .model
-            .lock()
-            .unwrap()
-            .apply(&cols, &upsert("cus_2", 50, "X"));
-        let done = apply(
-            &store,
-            &known,
-            &cols,
-            &upsert("cus_2", 40, "Y"),
-            &metrics,
-            quick(&never),
-        )
-        .await
-        .unwrap();
-        assert_eq!(done, Finished::Done(Outcome::Stale));
-        let row = store.model.lock().unwrap().read(&cols, "cus_2").unwrap();
-        assert_eq!(row.created, Some(50));
+        rig.elsewhere(&upsert("cus_2", 50, "X"));
+        assert_eq!(
+            rig.run(&upsert("cus_2", 40, "Y")).await,
+            Finished::Done(Outcome::Stale)
+        );
+        assert_eq!(rig.row("cus_2").unwrap().created, Some(50));
     }
 
     #[tokio::test]
     async fn a_throttled_write_is_retried_without_reading_again() {
-        let never = CancellationToken::new();
-        let store = fake();
-        let known = KnownRows::new(100);
-        let (metrics, _) = Metrics::new();
-        let cols = store.columns.clone().unwrap();
-        apply(
-            &store,
-            &known,
-            &cols,
-            &upsert("cus_1", 10, "A"),
-            &metrics,
-            quick(&never),
-        )
-        .await
-        .unwrap();
-        store.failures.lock().unwrap().extend([
+        let rig = Rig::new(DeleteMode::Deactivate);
+        rig.run(&upsert("cus_1", 10, "A")).await;
+        rig.store.failures.lock().unwrap().extend([
             WriteError::Throttled { detail: "429".into() },
             WriteError::Throttled { detail: "429".into() },
         ]);
-        let done = apply(
-            &store,
-            &known,
-            &cols,
-            &upsert("cus_1", 20, "B"),
-            &metrics,
-            quick(&never),
-        )
-        .await
-        .unwrap();
-        assert_eq!(done, Finished::Done(Outcome::Updated));
         assert_eq!(
-            counts(&store),
+            rig.run(&upsert("cus_1", 20, "B")).await,
+            Finished::Done(Outcome::Updated)
+        );
+        assert_eq!(
+            rig.counts(),
             (0, 4),
             "two throttled writes and the one that took; no read"
         );
@@ -615,65 +598,27 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_customers_delete_in_delete_mode_is_read_first() {
-        let never = CancellationToken::new();
-        let store = Fake {
-            columns: Some(columns(DeleteMode::Delete)),
-            ..Fake::default()
-        };
-        let known = KnownRows::new(100);
-        let (metrics, _) = Metrics::new();
-        let cols = store.columns.clone().unwrap();
-        store
-            .model
-            .lock()
-            .unwrap()
-            .apply(&cols, &upsert("cus_1", 10, "A"));
-        let done = apply(
-            &store,
-            &known,
-            &cols,
-            &delete("cus_1", 20),
-            &metrics,
-            quick(&never),
-        )
-        .await
-        .unwrap();
+        let rig = Rig::new(DeleteMode::Delete);
+        rig.elsewhere(&upsert("cus_1", 10, "A"));
         assert_eq!(
-            done,
+            rig.run(&delete("cus_1", 20)).await,
             Finished::Done(Outcome::Deleted),
             "a presumption of absence never justifies skipping a delete"
         );
-        assert!(store.model.lock().unwrap().read(&cols, "cus_1").is_none());
+        assert!(rig.row("cus_1").is_none());
     }
 
     #[tokio::test]
     async fn a_replay_of_existing_contacts_turns_to_reading_first() {
-        let never = CancellationToken::new();
-        let store = fake();
-        let (metrics, _) = Metrics::new();
-        let cols = store.columns.clone().unwrap();
+        let rig = Rig::new(DeleteMode::Deactivate);
         for i in 0..100 {
-            store
-                .model
-                .lock()
-                .unwrap()
-                .apply(&cols, &upsert(&format!("cus_{i}"), 10, "A"));
+            rig.elsewhere(&upsert(&format!("cus_{i}"), 10, "A"));
         }
-        let known = KnownRows::new(1000);
         for i in 0..100 {
-            let done = apply(
-                &store,
-                &known,
-                &cols,
-                &upsert(&format!("cus_{i}"), 10, "A"),
-                &metrics,
-                quick(&never),
-            )
-            .await
-            .unwrap();
+            let done = rig.run(&upsert(&format!("cus_{i}"), 10, "A")).await;
             assert_eq!(done, Finished::Done(Outcome::Unchanged));
         }
-        let (reads, writes) = counts(&store);
+        let (reads, writes) = rig.counts();
         assert_eq!(reads, 100);
         assert!(
             writes <= 33,
