@@ -375,23 +375,14 @@ impl Poller {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()?;
-        let token: Value = http
-            .post(format!("{base}/local/oauth2/v2.0/token"))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", args.e2e_client_id.as_str()),
-                ("client_secret", args.e2e_client_secret.as_str()),
-                ("scope", &format!("{base}/.default")),
-            ])
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let token = token["access_token"]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("the token answer has no access_token: {token}"))?
-            .to_string();
+        let token = harness::inspect::emulator_token(
+            &http,
+            &base,
+            "local",
+            &args.e2e_client_id,
+            &args.e2e_client_secret,
+        )
+        .await?;
         let seen = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let key = args.e2e_key_column.clone();

@@ -445,11 +445,6 @@ impl Limiter {
         }
     }
 
-    /// Whether a budget brake is on.
-    pub fn braked(&self) -> bool {
-        self.state().controller.braked()
-    }
-
     /// Records an `x-ms-dop-hint`.
     pub fn hint(&self, hint: usize) {
         if self.state().controller.hint(hint) {

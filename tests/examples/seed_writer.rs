@@ -53,24 +53,14 @@ struct Args {
 }
 
 async fn token(http: &reqwest::Client, args: &Args) -> anyhow::Result<String> {
-    let base = args.emulator.trim_end_matches('/');
-    let answer: Value = http
-        .post(format!("{base}/{}/oauth2/v2.0/token", args.tenant))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", args.client_id.as_str()),
-            ("client_secret", args.client_secret.as_str()),
-            ("scope", &format!("{base}/.default")),
-        ])
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    answer["access_token"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| anyhow::anyhow!("no access_token in {answer}"))
+    harness::inspect::emulator_token(
+        http,
+        &args.emulator,
+        &args.tenant,
+        &args.client_id,
+        &args.client_secret,
+    )
+    .await
 }
 
 /// The columns the seed's writer set (the sink's default mapping of them).

@@ -248,3 +248,32 @@ pub async fn wait_metric(addr: SocketAddr, series: &str, min: f64) -> f64 {
     .await
     .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// An access token from the Dataverse emulator's token endpoint (`<base>/<tenant>/oauth2/v2.0/token`,
+/// client credentials), for tools that read it through the Web API.
+pub async fn emulator_token(
+    http: &reqwest::Client,
+    base: &str,
+    tenant: &str,
+    client_id: &str,
+    client_secret: &str,
+) -> anyhow::Result<String> {
+    let base = base.trim_end_matches('/');
+    let answer: serde_json::Value = http
+        .post(format!("{base}/{tenant}/oauth2/v2.0/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id),
+            ("client_secret", client_secret),
+            ("scope", &format!("{base}/.default")),
+        ])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    answer["access_token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("the token answer has no access_token: {answer}"))
+}
