@@ -81,7 +81,9 @@ pub async fn run(
         grace: config.limits.shutdown_timeout.into(),
     };
     let deadline = serve(listener, tls, router, &stop, limits).await?;
-    let failed = match startup.is_finished() {
+    // Serving stopped on shutdown, or because preparing failed for good: then the start-up task
+    // has cancelled `stop` and is returning its error, which must not be lost to the race.
+    let failed = match startup.is_finished() || !shutdown.is_cancelled() {
         true => startup.await.ok().and_then(Result::err),
         false => {
             startup.abort();
