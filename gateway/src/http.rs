@@ -215,12 +215,13 @@ impl AppState {
         check_content_type(&parts.headers)?;
         // No permit is held while the body arrives: a slow or unsigned upload costs its own
         // connection and the bytes it sent, never a slot verified events need.
-        let body = tokio::time::timeout(
+        let body = read_body(
+            body,
+            &parts.headers,
+            shared.max_body,
             shared.body_read_timeout,
-            read_body(body, &parts.headers, shared.max_body),
         )
-        .await
-        .map_err(|_| GatewayError::BodyTimeout(shared.body_read_timeout))??;
+        .await?;
 
         let mut signatures = parts.headers.get_all("stripe-signature").iter();
         let header = signatures.next().map(|v| v.as_bytes());
@@ -366,26 +367,63 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
 /// beyond this the buffer grows only as bytes are received.
 const INITIAL_BODY_CAPACITY: usize = 16 * 1024;
 
-/// Reads the whole body, refusing (without reading further) once it passes `limit`.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, GatewayError> {
+/// How long a refused, oversized body is still read (and discarded) before the 413 goes out.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads the whole body within `read_timeout` (else 408), refusing it once it passes `limit`.
+///
+/// A refused body is not simply dropped: closing a connection whose client is still sending
+/// makes the kernel reset it, and the reset can destroy the 413 before the client reads it (the
+/// client sees a broken connection and cannot tell "too large" from a network fault). So the
+/// rest is read and discarded, up to `limit` more bytes and [`LINGER_TIME`], before answering. A
+/// body declared larger than twice the limit is answered at once: reading it would cost more than
+/// any honest request.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    read_timeout: std::time::Duration,
+) -> Result<Bytes, GatewayError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(GatewayError::TooLarge { limit });
-    }
-    let capacity = initial_capacity(declared);
-    let mut buf = BytesMut::with_capacity(capacity);
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| GatewayError::BodyRead(e.to_string()))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(GatewayError::TooLarge { limit });
+    let too_large = if declared.is_some_and(|n| n > limit as u64) {
+        0
+    } else {
+        let read = async {
+            let mut buf = BytesMut::with_capacity(initial_capacity(declared));
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| GatewayError::BodyRead(e.to_string()))?;
+                if buf.len() + chunk.len() > limit {
+                    return Ok(Err(buf.len() + chunk.len()));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(Ok(buf.freeze()))
+        };
+        match tokio::time::timeout(read_timeout, read).await {
+            Err(_) => return Err(GatewayError::BodyTimeout(read_timeout)),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(Ok(body))) => return Ok(body),
+            Ok(Ok(Err(received))) => received,
         }
-        buf.extend_from_slice(&chunk);
+    };
+    let allowance = 2 * limit as u64;
+    if declared.is_none_or(|n| n <= allowance) {
+        let _ = tokio::time::timeout(LINGER_TIME, async {
+            let mut received = too_large as u64;
+            while received <= allowance {
+                match stream.next().await {
+                    Some(Ok(chunk)) => received += chunk.len() as u64,
+                    _ => break,
+                }
+            }
+        })
+        .await;
     }
-    Ok(buf.freeze())
+    Err(GatewayError::TooLarge { limit })
 }
 
 /// A declared length is a claim, not bytes: at most [`INITIAL_BODY_CAPACITY`] is reserved for it.

@@ -298,6 +298,7 @@ async fn a_signed_event_near_the_body_limit_is_stored_and_one_over_it_is_413() {
     assert_eq!(status, 413, "{json}");
     assert_eq!(json["error"], "Request body is larger than 1048576 bytes");
     assert!(retry_after.is_none());
+    over_limit_on_one_connection(gw.addr, &over).await;
 
     assert_eq!(gw.post(&event_body("evt_sentinel", "cus_x")).await.0, 200);
     let records = read_until(&env, &topic, "evt_sentinel").await;
@@ -309,11 +310,73 @@ async fn a_signed_event_near_the_body_limit_is_stored_and_one_over_it_is_413() {
     assert_eq!(stored.event.raw_body, body.as_bytes(), "raw bytes intact");
     let metrics = gw.metrics().await;
     assert!(
-        metrics.contains(r#"gateway_requests_total{outcome="too_large"} 1"#),
+        metrics.contains(r#"gateway_requests_total{outcome="too_large"} 2"#),
         "{metrics}"
     );
     assert!(metrics.contains("gateway_events_too_large_total 0"), "{metrics}");
     gw.stop(Duration::from_secs(15)).await;
+}
+
+/// Sends `body` (over the limit) on a raw connection while reading, then a health check on the
+/// same connection: the 413 must arrive whole, and the connection must still serve, because the
+/// gateway reads an oversized body to its end (within bounds) instead of resetting the sender.
+async fn over_limit_on_one_connection(addr: SocketAddr, body: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let request = format!(
+        "POST {WEBHOOK_PATH} HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nstripe-signature: t=1,v1=00\r\n\r\n{body}",
+        body.len()
+    );
+    let writer = tokio::spawn(async move {
+        write.write_all(request.as_bytes()).await.unwrap();
+        write
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let first = loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), read.read(&mut buf))
+            .await
+            .expect("the 413 within 10 s")
+            .expect("no connection reset");
+        assert!(n > 0, "closed before the whole 413: {:?}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+        if let Some(end) = complete_response(&answer) {
+            break String::from_utf8_lossy(&answer[..end]).into_owned();
+        }
+    };
+    assert!(first.starts_with("HTTP/1.1 413"), "{first}");
+    assert!(first.contains("larger than 1048576 bytes"), "{first}");
+    let mut write = writer.await.expect("the whole body was accepted by the gateway");
+    write
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let second = loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), read.read(&mut buf))
+            .await
+            .expect("the health answer within 10 s")
+            .expect("no connection reset");
+        assert!(n > 0, "the connection was closed after the 413");
+        answer.extend_from_slice(&buf[..n]);
+        if let Some(end) = complete_response(&answer) {
+            break String::from_utf8_lossy(&answer[..end]).into_owned();
+        }
+    };
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+}
+
+/// The length of the first complete response in `bytes` (headers plus `content-length` bytes).
+fn complete_response(bytes: &[u8]) -> Option<usize> {
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&bytes[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    (bytes.len() >= head_end + length).then_some(head_end + length)
 }
 
 /// How a slow client's connection ended.
