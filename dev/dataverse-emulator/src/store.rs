@@ -110,6 +110,9 @@ pub struct Table {
     /// The table's configuration.
     pub config: TableConfig,
     rows: BTreeMap<Guid, Row>,
+    /// Row version → row id: answers change-tracking queries (`versionnumber gt N`) without a
+    /// scan of every row.
+    by_version: BTreeMap<u64, Guid>,
     /// One index per alternate key: normalised key values → row id. Only an `Active` key's index is
     /// kept; a key still building has an empty one.
     indexes: Vec<HashMap<String, Guid>>,
@@ -136,6 +139,7 @@ impl Table {
         Self {
             config,
             rows: BTreeMap::new(),
+            by_version: BTreeMap::new(),
             indexes,
             meta,
             keys,
@@ -292,6 +296,13 @@ impl Table {
         self.rows.values()
     }
 
+    /// The rows whose version is at least `floor`, in version order.
+    pub fn rows_from_version(&self, floor: u64) -> impl Iterator<Item = &Row> {
+        self.by_version
+            .range(floor..)
+            .filter_map(|(_, id)| self.rows.get(id))
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.rows.len()
@@ -444,11 +455,15 @@ impl Table {
                 self.indexes[k].insert(normalized, row.id);
             }
         }
+        self.by_version.insert(row.version, row.id);
         self.rows.insert(row.id, row);
     }
 
     fn remove_row(&mut self, id: Guid) -> Option<Row> {
         let row = self.rows.remove(&id)?;
+        if self.by_version.get(&row.version) == Some(&id) {
+            self.by_version.remove(&row.version);
+        }
         for k in 0..self.indexes.len() {
             if !self.key_active(k) {
                 continue;
@@ -811,6 +826,7 @@ impl Store {
     pub fn clear(&mut self) {
         for table in self.tables.values_mut() {
             table.rows.clear();
+            table.by_version.clear();
             for index in &mut table.indexes {
                 index.clear();
             }
