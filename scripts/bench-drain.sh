@@ -14,8 +14,10 @@
 #    generator posts EVENTS signed customer.updated webhooks (default 20000) to fill stripe.events.
 # 2. A plain consumer group reads stripe.events; then the release enricher drains it (fresh group,
 #    from the earliest offset) until its commits reach the end.
-# 3. A plain consumer group reads customers.normalized; then the release sink drains it into the
-#    Dataverse emulator (release) the same way.
+# 3. A plain consumer group reads customers.normalized; then the release sink drains it the same
+#    way twice, each time with a fresh group into its own Dataverse emulator (release): once with
+#    the service protection limits off (what the consuming loop and the sink can do when Dataverse
+#    is not the bound) and once under Dataverse's default limits (where the budget sets the pace).
 # Everything it starts is stopped at the end; logs stay in a temporary directory it prints.
 set -euo pipefail
 
@@ -44,6 +46,9 @@ wait_http() { # URL, seconds
   for _ in $(seq 1 $(( $2 * 10 ))); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
   echo "no answer from $1" >&2; return 1
 }
+cpu_seconds() { # pid: user + system CPU time so far, in seconds
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
 stop() { # pid: SIGTERM, wait
   kill -TERM "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
@@ -58,6 +63,7 @@ DRAIN="$TARGET/release/examples/drain"
 
 BROKER_PORT=$(free_port); REGISTRY_PORT=$(free_port); GATEWAY_PORT=$(free_port)
 EMULATOR_PORT=$(free_port); ENRICHER_PORT=$(free_port); SINK_PORT=$(free_port)
+FREE_EMULATOR_PORT=$(free_port)
 BOOTSTRAP="127.0.0.1:$BROKER_PORT"
 export KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" SCHEMA_REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
 export RUST_LOG="${BENCH_LOG:-warn}"
@@ -71,9 +77,15 @@ PIDS+=($!)
   > "$WORK/registry.log" 2>&1 &
 PIDS+=($!)
 "$TARGET/release/dataverse-emulator" --listen "127.0.0.1:$EMULATOR_PORT" > "$WORK/emulator.log" 2>&1 &
+EMULATOR_PID=$!
+PIDS+=($!)
+"$TARGET/release/dataverse-emulator" --listen "127.0.0.1:$FREE_EMULATOR_PORT" --no-limits \
+  > "$WORK/emulator-no-limits.log" 2>&1 &
+FREE_EMULATOR_PID=$!
 PIDS+=($!)
 wait_http "http://127.0.0.1:$REGISTRY_PORT/subjects" 30
 wait_http "http://127.0.0.1:$EMULATOR_PORT/healthz" 30
+wait_http "http://127.0.0.1:$FREE_EMULATOR_PORT/healthz" 30
 
 echo "machine: $(nproc) cores; $(free -h | awk '/Mem:/ {print $2 " RAM"}'); load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== filling stripe.events with $EVENTS signed webhooks through the gateway"
@@ -96,6 +108,7 @@ ENRICHER=$!
 PIDS+=("$ENRICHER")
 enricher=$("$DRAIN" wait "$BOOTSTRAP" stripe.events bench-enricher)
 echo "$enricher"
+echo "CPU seconds in the drain: enricher $(cpu_seconds "$ENRICHER")"
 curl -fsS "http://127.0.0.1:$ENRICHER_PORT/metrics" | grep -E '^enricher_(consumer_rebalances_total|records_out_total|producer_resets_total)' || true
 stop "$ENRICHER"
 if [ "${BENCH_STAGES:-all}" = enricher ]; then
@@ -106,24 +119,32 @@ fi
 echo "== customers.normalized: plain consumer group"
 plain_out=$("$DRAIN" plain "$BOOTSTRAP" customers.normalized bench-plain-out)
 echo "$plain_out"
-echo "== customers.normalized: sink-dataverse into the emulator"
-EMULATOR="http://127.0.0.1:$EMULATOR_PORT"
-SINK_LISTEN="127.0.0.1:$SINK_PORT" SINK_GROUP=bench-sink SINK_TOPICS__REPLICATION_FACTOR=1 \
-SINK_DATAVERSE__ENVIRONMENT_URL="$EMULATOR" SINK_DATAVERSE__TOKEN_URL="$EMULATOR/local/oauth2/v2.0/token" \
-SINK_DATAVERSE__TENANT_ID=local SINK_DATAVERSE__CLIENT_ID=sink-dataverse SINK_DATAVERSE__CLIENT_SECRET=local-secret \
-  "$TARGET/release/sink-dataverse" > "$WORK/sink.log" 2>&1 &
-SINK=$!
-PIDS+=("$SINK")
-sink=$("$DRAIN" wait "$BOOTSTRAP" customers.normalized bench-sink)
-echo "$sink"
-curl -fsS "http://127.0.0.1:$SINK_PORT/metrics" | grep -E '^sink_dataverse_(consumer_rebalances_total|writes_total|throttled_total|batch_size_(sum|count))' || true
-stop "$SINK"
+# Drains customers.normalized with a fresh sink group into the emulator at $1; prints the rate line.
+drain_sink() { # EMULATOR_URL GROUP LABEL EMULATOR_PID
+  echo "== customers.normalized: sink-dataverse, $3" >&2
+  SINK_LISTEN="127.0.0.1:$SINK_PORT" SINK_GROUP="$2" SINK_TOPICS__REPLICATION_FACTOR=1 \
+  SINK_DATAVERSE__ENVIRONMENT_URL="$1" SINK_DATAVERSE__TOKEN_URL="$1/local/oauth2/v2.0/token" \
+  SINK_DATAVERSE__TENANT_ID=local SINK_DATAVERSE__CLIENT_ID=sink-dataverse SINK_DATAVERSE__CLIENT_SECRET=local-secret \
+    "$TARGET/release/sink-dataverse" > "$WORK/$2.log" 2>&1 &
+  local pid=$! out emulator_before
+  PIDS+=("$pid")
+  emulator_before=$(cpu_seconds "$4")
+  out=$("$DRAIN" wait "$BOOTSTRAP" customers.normalized "$2")
+  echo "$out" >&2
+  echo "CPU seconds in the drain: sink $(cpu_seconds "$pid"), emulator $(python3 -c "print(f'{$(cpu_seconds "$4") - $emulator_before:.2f}')")" >&2
+  curl -fsS "http://127.0.0.1:$SINK_PORT/metrics" | grep -E '^sink_dataverse_(consumer_rebalances_total|writes_total|throttled_total|batch_size_(sum|count)|concurrency_limit)' >&2 || true
+  stop "$pid"
+  echo "$out"
+}
+sink_free=$(drain_sink "http://127.0.0.1:$FREE_EMULATOR_PORT" bench-sink-free "service protection limits off" "$FREE_EMULATOR_PID")
+sink=$(drain_sink "http://127.0.0.1:$EMULATOR_PORT" bench-sink "Dataverse's default service protection limits" "$EMULATOR_PID")
 
 rate() { sed -E 's/.*= ([0-9]+) records\/s.*/\1/' <<<"$1"; }
 echo "== summary (records/s; ratio to the plain consumer group on the same topic)"
-python3 - "$(rate "$plain_in")" "$(rate "$enricher")" "$(rate "$plain_out")" "$(rate "$sink")" <<'PY'
+python3 - "$(rate "$plain_in")" "$(rate "$enricher")" "$(rate "$plain_out")" "$(rate "$sink_free")" "$(rate "$sink")" <<'PY'
 import sys
-pi, e, po, s = map(float, sys.argv[1:])
-print(f"enricher       {e:8.0f}   plain {pi:8.0f}   ratio {e / pi:.2f}")
-print(f"sink-dataverse {s:8.0f}   plain {po:8.0f}   ratio {s / po:.2f}")
+pi, e, po, sf, s = map(float, sys.argv[1:])
+print(f"enricher                        {e:8.0f}   plain {pi:8.0f}   ratio {e / pi:.2f}")
+print(f"sink-dataverse (limits off)     {sf:8.0f}   plain {po:8.0f}   ratio {sf / po:.2f}")
+print(f"sink-dataverse (default limits) {s:8.0f}   plain {po:8.0f}   ratio {s / po:.2f}")
 PY

@@ -42,6 +42,7 @@ pub(super) async fn run_batch(
         base_url: base,
         in_batch: true,
     };
+    let mut schedule = Schedule::new();
     let mut answers = Vec::new();
     let mut failed: Option<StatusCode> = None;
     let mut any_writes = false;
@@ -54,7 +55,7 @@ pub(super) async fn run_batch(
                 };
                 lock(&state.stats).applied(kind, response.status.is_success(), writes);
                 any_writes |= writes.any();
-                tokio::time::sleep(state.latency(kind) * writes.cost()).await;
+                schedule.after(state.latency(kind) * writes.cost()).await;
                 let status = response.status;
                 answers.push(ResponseItem::Single {
                     content_id: operation.content_id,
@@ -73,7 +74,7 @@ pub(super) async fn run_batch(
                         latency += state.latency(kind) * cost
                     })
                 };
-                tokio::time::sleep(latency).await;
+                schedule.after(latency).await;
                 match result {
                     Ok((responses, per_kind)) => {
                         let mut stats = lock(&state.stats);
@@ -114,6 +115,32 @@ pub(super) async fn run_batch(
     );
     response.body = body;
     response
+}
+
+/// A batch's simulated processing time, kept as a schedule from its start: each operation is due
+/// its latency after the one before. Waiting for an absolute deadline keeps the timer's
+/// millisecond rounding from adding up over a batch's operations, and an operation that is
+/// already due (latency 0) never waits for a timer tick.
+struct Schedule {
+    start: tokio::time::Instant,
+    due: Duration,
+}
+
+impl Schedule {
+    fn new() -> Self {
+        Schedule {
+            start: tokio::time::Instant::now(),
+            due: Duration::ZERO,
+        }
+    }
+
+    async fn after(&mut self, latency: Duration) {
+        self.due += latency;
+        let at = self.start + self.due;
+        if at > tokio::time::Instant::now() {
+            tokio::time::sleep_until(at).await;
+        }
+    }
 }
 
 /// Runs one batch operation; a failure is answered in place and leaves nothing behind.
