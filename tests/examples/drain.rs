@@ -117,6 +117,6 @@ fn wait_committed(
                 return Ok(());
             }
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
