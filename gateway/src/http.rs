@@ -215,13 +215,7 @@ impl AppState {
         check_content_type(&parts.headers)?;
         // No permit is held while the body arrives: a slow or unsigned upload costs its own
         // connection and the bytes it sent, never a slot verified events need.
-        let body = read_body(
-            body,
-            &parts.headers,
-            shared.max_body,
-            shared.body_read_timeout,
-        )
-        .await?;
+        let body = read_body(body, &parts.headers, shared.max_body, shared.body_read_timeout).await?;
 
         let mut signatures = parts.headers.get_all("stripe-signature").iter();
         let header = signatures.next().map(|v| v.as_bytes());

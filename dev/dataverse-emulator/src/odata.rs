@@ -1347,7 +1347,9 @@ mod tests {
         let mut store = Store::new(&Config::default());
         let mut seed: u64 = 7;
         let mut next = move |n: u64| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (seed >> 33) % n
         };
         for step in 0..600 {
@@ -1405,5 +1407,4 @@ mod tests {
             }
         }
     }
-
 }

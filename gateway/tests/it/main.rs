@@ -340,7 +340,11 @@ async fn over_limit_on_one_connection(addr: SocketAddr, body: &str) {
             .await
             .expect("the 413 within 10 s")
             .expect("no connection reset");
-        assert!(n > 0, "closed before the whole 413: {:?}", String::from_utf8_lossy(&answer));
+        assert!(
+            n > 0,
+            "closed before the whole 413: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
         answer.extend_from_slice(&buf[..n]);
         if let Some(end) = complete_response(&answer) {
             break String::from_utf8_lossy(&answer[..end]).into_owned();
