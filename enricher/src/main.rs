@@ -1,6 +1,9 @@
 //! The `enricher` command: the shared stage command line (`run`, `print-config`, `replay`) around
 //! [`enricher::run`].
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use enricher::EnricherConfig;

@@ -2,6 +2,9 @@
 //! SIGINT or SIGTERM; or, with `send`, sign and post test events to a gateway. Everything else is
 //! the library.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use anyhow::Context;

@@ -1,6 +1,9 @@
 //! The `sink-dataverse` command: the shared stage command line (`run`, `print-config`, `replay`)
 //! around [`sink_dataverse::run`], and `provision`.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use sink_dataverse::{SinkConfig, provision::SinkCommand};

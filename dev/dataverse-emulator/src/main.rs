@@ -1,6 +1,9 @@
 //! `dataverse-emulator`: parses flags (over an optional config file over the defaults), binds, prints
 //! `dataverse-emulator listening on http://ADDR` once bound, and serves until SIGINT or SIGTERM.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
